@@ -1,0 +1,171 @@
+//! Body types shared by the server and the origin client, and the tee that
+//! streams an origin body to the client while collecting it for the store.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::sync::mpsc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response Lacquer sends and every request it forwards.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn boxed<B>(body: B) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// A body fed by a channel: the receiving half of a tee.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    len: Option<u64>,
+}
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.len {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Why a tee did not produce a complete body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TeeEnd {
+    /// The body grew past the limit: streamed on, not collected.
+    TooLarge,
+    /// The origin body failed or ended early.
+    Incomplete,
+}
+
+/// Streams `body` to the returned [`ChannelBody`] and collects it, up to `limit`
+/// bytes. Returns the client body and a future that resolves to the complete
+/// body. The future must be driven (spawned) for the client body to make progress.
+/// If the client goes away, collection continues: the store still gets the object.
+pub fn tee<B>(
+    body: B,
+    len: Option<u64>,
+    limit: usize,
+) -> (
+    ChannelBody,
+    impl std::future::Future<Output = Result<Bytes, TeeEnd>> + Send,
+)
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let (tx, rx) = mpsc::channel(16);
+    let client = ChannelBody { rx, len };
+    let fut = async move {
+        let mut body = body;
+        let mut tx = Some(tx);
+        let mut collected =
+            BytesMut::with_capacity(len.map_or(0, |n| n.min(limit as u64) as usize));
+        let mut too_large = false;
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        if !too_large {
+                            if collected.len() + data.len() > limit {
+                                too_large = true;
+                                collected = BytesMut::new();
+                            } else {
+                                collected.extend_from_slice(data);
+                            }
+                        }
+                    }
+                    if let Some(sender) = &tx {
+                        if sender.send(Ok(frame)).await.is_err() {
+                            tx = None; // client gone: keep collecting for the store
+                        }
+                    }
+                    if too_large && tx.is_none() {
+                        return Err(TeeEnd::TooLarge);
+                    }
+                }
+                Some(Err(e)) => {
+                    if let Some(sender) = &tx {
+                        let _ = sender.send(Err(e.into())).await;
+                    }
+                    return Err(TeeEnd::Incomplete);
+                }
+            }
+        }
+        if too_large {
+            return Err(TeeEnd::TooLarge);
+        }
+        if let Some(expected) = len {
+            if collected.len() as u64 != expected {
+                return Err(TeeEnd::Incomplete);
+            }
+        }
+        Ok(collected.freeze())
+    };
+    (client, fut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tee_collects_while_streaming() {
+        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), Some(5), 100);
+        let task = tokio::spawn(fut);
+        let got = client.collect().await.unwrap().to_bytes();
+        assert_eq!(got, "hello");
+        assert_eq!(task.await.unwrap().unwrap(), "hello");
+    }
+
+    #[tokio::test]
+    async fn tee_keeps_collecting_after_the_client_leaves() {
+        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), None, 100);
+        drop(client);
+        assert_eq!(fut.await.unwrap(), "hello");
+    }
+
+    #[tokio::test]
+    async fn tee_stops_collecting_past_the_limit() {
+        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), None, 3);
+        let task = tokio::spawn(fut);
+        assert_eq!(client.collect().await.unwrap().to_bytes(), "hello");
+        assert_eq!(task.await.unwrap(), Err(TeeEnd::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn tee_reports_a_short_body() {
+        let (client, fut) = tee(Full::new(Bytes::from_static(b"hel")), Some(5), 100);
+        drop(client);
+        assert_eq!(fut.await, Err(TeeEnd::Incomplete));
+    }
+}

@@ -1,0 +1,447 @@
+//! Configuration: documented serde structs with defaults in one place, read once
+//! and validated into [`Settings`], the types the rest of the code uses (no
+//! `Option` chasing downstream). A bad config names the key and the reason.
+//!
+//! The commented `proxy.toml` at the top of the repository is the reference.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use serde::{Deserialize, Serialize};
+
+use crate::freshness::Policy;
+
+/// The file as written by the operator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    pub server: ServerSection,
+    pub cache: CacheSection,
+    /// `[[origins]]`: the origins, in priority order. The first is the default.
+    pub origins: Vec<OriginSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// A client must send its complete request head within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers) accepted; beyond it: 431.
+    pub max_header_bytes: ByteSize,
+    /// Longest request target accepted; beyond it: 414.
+    pub max_uri_bytes: ByteSize,
+    /// Pseudonym used in `Via` (RFC 9110 §7.6.3).
+    pub via: String,
+    /// Name of this cache in `Cache-Status` (RFC 9211).
+    pub cache_status_name: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: ByteSize::kib(32),
+            max_uri_bytes: ByteSize::kib(8),
+            via: "lacquer".into(),
+            cache_status_name: "lacquer".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Memory budget of the store: bodies, headers and keys.
+    pub max_size: ByteSize,
+    /// Larger responses are streamed through and not stored.
+    pub max_object_size: ByteSize,
+    /// Heuristic freshness: this fraction of (Date − Last-Modified) (RFC 9111 §4.2.2).
+    pub heuristic_fraction: f64,
+    /// Upper bound on heuristic freshness.
+    #[serde(with = "humantime_serde")]
+    pub heuristic_max: Duration,
+    /// Store responses that carry `Set-Cookie` (off: sharing them is the classic leak).
+    pub store_set_cookie: bool,
+    /// Let a client's `Cache-Control: no-cache` / `max-age` force revalidation
+    /// (on, as RFC 9111 says; an origin shield may turn it off).
+    pub honor_client_no_cache: bool,
+    /// Targeted cache-control fields Lacquer obeys, highest priority first (RFC 9213).
+    pub targeted_fields: Vec<String>,
+    /// Forward the targeted fields downstream too.
+    pub forward_targeted_fields: bool,
+    /// Most variants (Vary) kept per URL; beyond it the least recently stored goes.
+    pub max_variants: usize,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            max_size: ByteSize::mib(256),
+            max_object_size: ByteSize::mib(8),
+            heuristic_fraction: 0.1,
+            heuristic_max: Duration::from_secs(86_400),
+            store_set_cookie: false,
+            honor_client_no_cache: true,
+            targeted_fields: vec!["CDN-Cache-Control".into()],
+            forward_targeted_fields: true,
+            max_variants: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginSection {
+    /// A name for logs.
+    pub name: String,
+    /// Base URL, e.g. `http://127.0.0.1:9000` (a path prefix is allowed).
+    pub url: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request to receiving the response head.
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// Send the client's `Host` to the origin (on), or the origin's own authority.
+    pub preserve_host: bool,
+}
+
+impl Default for OriginSection {
+    fn default() -> Self {
+        OriginSection {
+            name: "default".into(),
+            url: String::new(),
+            connect_timeout: Duration::from_secs(3),
+            first_byte_timeout: Duration::from_secs(30),
+            preserve_host: true,
+        }
+    }
+}
+
+/// A config error: the key (dotted path) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "invalid config: {}", self.reason)
+        } else {
+            write!(f, "invalid config key `{}`: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl ConfigFile {
+    /// Parses TOML text; errors carry the dotted path of the offending key.
+    pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err("", e.to_string().trim().to_string()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            err(key, e.inner().message().to_string())
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
+        ConfigFile::parse(&text)
+    }
+
+    /// The effective settings as TOML (for `check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+/// One origin, validated.
+#[derive(Debug, Clone)]
+pub struct OriginSettings {
+    pub name: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix from the base URL, without a trailing slash ("" for none).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub preserve_host: bool,
+}
+
+/// The validated configuration the proxy runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub via: String,
+    pub cache_status_name: String,
+    pub origins: Vec<OriginSettings>,
+    pub policy: Policy,
+    pub max_size: u64,
+    pub max_object_size: u64,
+    pub max_variants: usize,
+    pub forward_targeted_fields: bool,
+    /// What was validated, for display.
+    pub file: ConfigFile,
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl Settings {
+    pub fn from_file(file: ConfigFile) -> Result<Settings, ConfigError> {
+        let s = &file.server;
+        if s.header_read_timeout.is_zero() {
+            return Err(err(
+                "server.header_read_timeout",
+                "must be greater than zero",
+            ));
+        }
+        let max_header_bytes = s.max_header_bytes.as_u64();
+        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+            return Err(err(
+                "server.max_header_bytes",
+                "must be between 1 KiB and 1 MiB",
+            ));
+        }
+        let max_uri_bytes = s.max_uri_bytes.as_u64();
+        if !(64..=max_header_bytes).contains(&max_uri_bytes) {
+            return Err(err(
+                "server.max_uri_bytes",
+                "must be between 64 bytes and server.max_header_bytes",
+            ));
+        }
+        if !is_token(&s.via) {
+            return Err(err(
+                "server.via",
+                "must be a token (letters, digits, -._~ …)",
+            ));
+        }
+        if !is_token(&s.cache_status_name)
+            || !s
+                .cache_status_name
+                .starts_with(|c: char| c.is_ascii_alphabetic())
+        {
+            return Err(err(
+                "server.cache_status_name",
+                "must be a structured-field token starting with a letter",
+            ));
+        }
+
+        let c = &file.cache;
+        if !(0.0..=1.0).contains(&c.heuristic_fraction) || c.heuristic_fraction.is_nan() {
+            return Err(err(
+                "cache.heuristic_fraction",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if c.max_size.as_u64() < 1024 * 1024 {
+            return Err(err("cache.max_size", "must be at least 1 MiB"));
+        }
+        if c.max_object_size.as_u64() == 0 || c.max_object_size > c.max_size {
+            return Err(err(
+                "cache.max_object_size",
+                "must be greater than zero and at most cache.max_size",
+            ));
+        }
+        if c.max_object_size.as_u64() > u64::from(u32::MAX) / 2 {
+            return Err(err("cache.max_object_size", "must be below 2 GiB"));
+        }
+        if c.max_variants == 0 || c.max_variants > 1024 {
+            return Err(err("cache.max_variants", "must be between 1 and 1024"));
+        }
+        let mut targeted_fields = Vec::new();
+        for (i, f) in c.targeted_fields.iter().enumerate() {
+            let name = HeaderName::from_bytes(f.as_bytes()).map_err(|_| {
+                err(
+                    format!("cache.targeted_fields[{i}]"),
+                    format!("`{f}` is not a valid header name"),
+                )
+            })?;
+            if name == http::header::CACHE_CONTROL {
+                return Err(err(
+                    format!("cache.targeted_fields[{i}]"),
+                    "Cache-Control is not a targeted field",
+                ));
+            }
+            targeted_fields.push(name);
+        }
+
+        if file.origins.is_empty() {
+            return Err(err(
+                "origins",
+                "at least one [[origins]] entry is required (or pass --origin URL)",
+            ));
+        }
+        let mut origins = Vec::new();
+        for (i, o) in file.origins.iter().enumerate() {
+            let key = |k: &str| format!("origins[{i}].{k}");
+            let uri: Uri = o
+                .url
+                .parse()
+                .map_err(|e| err(key("url"), format!("`{}` is not a URL: {e}", o.url)))?;
+            let scheme = uri
+                .scheme()
+                .cloned()
+                .ok_or_else(|| err(key("url"), "needs a scheme, e.g. http://host:port"))?;
+            if scheme != Scheme::HTTP {
+                return Err(err(
+                    key("url"),
+                    format!("scheme `{scheme}` is not supported yet (http only)"),
+                ));
+            }
+            let authority = uri
+                .authority()
+                .cloned()
+                .ok_or_else(|| err(key("url"), "needs a host"))?;
+            if uri.query().is_some() {
+                return Err(err(key("url"), "must not have a query string"));
+            }
+            if o.connect_timeout.is_zero() {
+                return Err(err(key("connect_timeout"), "must be greater than zero"));
+            }
+            if o.first_byte_timeout.is_zero() {
+                return Err(err(key("first_byte_timeout"), "must be greater than zero"));
+            }
+            if o.name.is_empty() {
+                return Err(err(key("name"), "must not be empty"));
+            }
+            origins.push(OriginSettings {
+                name: o.name.clone(),
+                scheme,
+                authority,
+                base_path: uri.path().trim_end_matches('/').to_string(),
+                connect_timeout: o.connect_timeout,
+                first_byte_timeout: o.first_byte_timeout,
+                preserve_host: o.preserve_host,
+            });
+        }
+
+        Ok(Settings {
+            listen: s.listen,
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: max_header_bytes as usize,
+            max_uri_bytes: max_uri_bytes as usize,
+            via: s.via.clone(),
+            cache_status_name: s.cache_status_name.clone(),
+            origins,
+            policy: Policy {
+                heuristic_fraction: c.heuristic_fraction,
+                heuristic_max: c.heuristic_max,
+                store_set_cookie: c.store_set_cookie,
+                honor_client_no_cache: c.honor_client_no_cache,
+                targeted_fields,
+            },
+            max_size: c.max_size.as_u64(),
+            max_object_size: c.max_object_size.as_u64(),
+            max_variants: c.max_variants,
+            forward_targeted_fields: c.forward_targeted_fields,
+            file,
+        })
+    }
+
+    /// Settings for a single origin with every default: what
+    /// `lacquer serve --origin URL` runs with when there is no file.
+    pub fn for_origin(url: &str) -> Result<Settings, ConfigError> {
+        let mut file = ConfigFile::default();
+        file.origins.push(OriginSection {
+            url: url.to_string(),
+            ..OriginSection::default()
+        });
+        Settings::from_file(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_file(ConfigFile::parse(text)?)
+    }
+
+    #[test]
+    fn minimal_config() {
+        let s = check("[[origins]]\nurl = \"http://127.0.0.1:9000/base/\"\n").unwrap();
+        assert_eq!(s.origins[0].authority.as_str(), "127.0.0.1:9000");
+        assert_eq!(s.origins[0].base_path, "/base");
+        assert_eq!(s.max_size, 256 * 1024 * 1024);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nlisen = \"127.0.0.1:1\"\n", "server.lisen"),
+            ("[server]\nlisten = \"nope\"\n", "server.listen"),
+            ("[server]\nlisten = 5\n", "server.listen"),
+            ("[cache]\nmax_size = \"lots\"\n", "cache.max_size"),
+            (
+                "[cache]\nheuristic_max = \"forever\"\n",
+                "cache.heuristic_max",
+            ),
+            (
+                "[cache]\nheuristic_fraction = 2.0\n[[origins]]\nurl=\"http://a\"\n",
+                "cache.heuristic_fraction",
+            ),
+            (
+                "[cache]\ntargeted_fields = [\"bad header\"]\n[[origins]]\nurl=\"http://a\"\n",
+                "cache.targeted_fields[0]",
+            ),
+            ("[[origins]]\nurl = \"ftp://x\"\n", "origins[0].url"),
+            ("[[origins]]\nurl = \"not a url\"\n", "origins[0].url"),
+            (
+                "[[origins]]\nurl = \"http://a\"\nfoo = 1\n",
+                "origins[0].foo",
+            ),
+            ("", "origins"),
+        ];
+        for (text, key) in cases {
+            let e = check(text).expect_err(text);
+            assert_eq!(e.key, key, "{text:?} gave {e}");
+            assert!(!e.reason.is_empty());
+        }
+        let e = check("[server]\nlisen = 1\n").unwrap_err();
+        assert!(e.reason.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let e = check("[server\n").unwrap_err();
+        assert!(e.to_string().contains("invalid config"));
+    }
+
+    #[test]
+    fn effective_settings_round_trip() {
+        let s = Settings::for_origin("http://127.0.0.1:9000").unwrap();
+        let text = s.file.to_toml();
+        let again = check(&text).unwrap();
+        assert_eq!(again.origins[0].authority.as_str(), "127.0.0.1:9000");
+        assert_eq!(again.max_object_size, s.max_object_size);
+    }
+}

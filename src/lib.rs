@@ -1,0 +1,18 @@
+//! Lacquer: a caching reverse proxy, a shared HTTP cache per RFC 9111.
+//!
+//! See ARCHITECTURE.md at the top of the repository for the map of modules and the
+//! life of a request.
+
+pub mod body;
+pub mod conditional;
+pub mod config;
+pub mod demo_origin;
+pub mod directives;
+pub mod forward;
+pub mod freshness;
+pub mod key;
+pub mod origin;
+pub mod outcome;
+pub mod proxy;
+pub mod server;
+pub mod store;

@@ -1,0 +1,168 @@
+//! The `lacquer` command: `serve`, `check-config`, `origin`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lacquer::config::{ConfigError, ConfigFile, OriginSection, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "lacquer",
+    version,
+    about = "A caching reverse proxy (RFC 9111 shared cache)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Config file (default: proxy.toml in the working directory, if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address, overriding `server.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Origin base URL, replacing the `[[origins]]` of the config.
+        #[arg(long)]
+        origin: Option<String>,
+    },
+    /// Validate a config file and print the effective settings.
+    CheckConfig { path: PathBuf },
+    /// Run the built-in demo origin (responses chosen by query parameters).
+    Origin {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("lacquer: {e}");
+    ExitCode::from(2)
+}
+
+fn load_settings(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    origin: Option<String>,
+) -> Result<Settings, ConfigError> {
+    let default_path = PathBuf::from("proxy.toml");
+    let mut file = match config {
+        Some(path) => ConfigFile::load(&path)?,
+        None if default_path.exists() => ConfigFile::load(&default_path)?,
+        None => ConfigFile::default(),
+    };
+    if let Some(listen) = listen {
+        file.server.listen = listen;
+    }
+    if let Some(url) = origin {
+        file.origins = vec![OriginSection {
+            name: "cli".into(),
+            url,
+            ..OriginSection::default()
+        }];
+    }
+    Settings::from_file(file)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { path } => {
+            match ConfigFile::load(&path).and_then(Settings::from_file) {
+                Ok(settings) => {
+                    println!("# {}: OK. Effective settings:", path.display());
+                    print!("{}", settings.file.to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_failure(&e),
+            }
+        }
+        Command::Serve {
+            config,
+            listen,
+            origin,
+        } => {
+            let settings = match load_settings(config, listen, origin) {
+                Ok(s) => s,
+                Err(e) => return config_failure(&e),
+            };
+            init_logging();
+            run(async move {
+                let running = lacquer::server::start(settings).await?;
+                println!("lacquer: listening on {}", running.addr);
+                tracing::info!(addr = %running.addr, "proxy listening");
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                drop(running);
+                Ok(())
+            })
+        }
+        Command::Origin { listen } => {
+            init_logging();
+            run(async move {
+                let origin = lacquer::demo_origin::start(listen).await?;
+                println!("lacquer origin: listening on {}", origin.addr);
+                shutdown_signal().await;
+                drop(origin);
+                Ok(())
+            })
+        }
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lacquer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lacquer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,727 @@
+//! The life of a request. `Proxy::handle` is the entry point; read it top to
+//! bottom:
+//!
+//! 1. limits (414, 431);
+//! 2. cacheable method (GET/HEAD without a body)? → [`Proxy::cached`]: look up the
+//!    key, decide reuse with the freshness rules, serve, or go forward (miss,
+//!    validation) and maybe store;
+//! 3. anything else → [`Proxy::pass`]: forward with the body, and invalidate the
+//!    URI on a non-error answer to an unsafe method (RFC 9111 §4.4).
+//!
+//! Every response leaves through [`Proxy::finish`], which renders `Cache-Status`
+//! from the request's [`Outcome`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
+    CONTENT_TYPE, DATE, ETAG, EXPECT, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    LAST_MODIFIED, LOCATION, RANGE, TRANSFER_ENCODING,
+};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tracing::{debug, warn};
+
+use crate::body::{self, Body};
+use crate::conditional::{self, RangeAnswer};
+use crate::config::Settings;
+use crate::directives::Directives;
+use crate::forward;
+use crate::freshness::{self, NotStored, Reuse, ValidateReason};
+use crate::key::{self, CacheKey, Variant};
+use crate::origin::{OriginError, Upstream};
+use crate::outcome::{Fwd, Outcome};
+use crate::store::{Lookup, Store, StoredResponse};
+
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Who sent the request, as seen by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    /// "http" or "https": the scheme the client used.
+    pub scheme: &'static str,
+}
+
+pub struct Proxy {
+    settings: Arc<Settings>,
+    store: Arc<Store>,
+    upstreams: Vec<Upstream>,
+}
+
+/// What a request needs to know about itself along the way.
+struct Ctx {
+    parts: Parts,
+    client: ClientInfo,
+    /// The host the client asked for (authority or `Host`), as received.
+    host: String,
+    key: CacheKey,
+    req_dirs: Directives,
+}
+
+impl Proxy {
+    pub fn new(settings: Settings) -> Arc<Proxy> {
+        let store = Arc::new(Store::new(settings.max_size, settings.max_variants));
+        let upstreams = settings
+            .origins
+            .iter()
+            .cloned()
+            .map(Upstream::new)
+            .collect();
+        Arc::new(Proxy {
+            settings: Arc::new(settings),
+            store,
+            upstreams,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<Body> {
+        let s = &self.settings;
+        let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > s.max_uri_bytes {
+            return plain(StatusCode::URI_TOO_LONG, "414 URI Too Long\n");
+        }
+        let head_bytes: usize = req
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if head_bytes + uri_len > s.max_header_bytes {
+            return plain(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "431 Request Header Fields Too Large\n",
+            );
+        }
+
+        let (parts, body) = req.into_parts();
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let key = key::primary_key(client.scheme, &host, pq);
+        let req_dirs = Directives::from_cache_control(&parts.headers);
+        let cacheable = (parts.method == Method::GET || parts.method == Method::HEAD)
+            && !has_body(&parts.headers);
+        let ctx = Ctx {
+            parts,
+            client,
+            host,
+            key,
+            req_dirs,
+        };
+        if cacheable {
+            self.cached(ctx).await
+        } else {
+            self.pass(ctx, body).await
+        }
+    }
+
+    /// GET and HEAD: serve from the store, or go forward and maybe store.
+    async fn cached(&self, ctx: Ctx) -> Response<Body> {
+        let now = SystemTime::now();
+        let (stale, fwd) = match self.store.lookup(&ctx.key, &ctx.parts.headers) {
+            Lookup::Hit(entry) => {
+                let age = entry.age(now);
+                match freshness::reuse(
+                    age,
+                    entry.lifetime,
+                    &entry.directives,
+                    &ctx.req_dirs,
+                    &self.settings.policy,
+                ) {
+                    Reuse::Fresh => {
+                        return self.serve_stored(&ctx, &entry, Outcome::Hit { stale: false }, now)
+                    }
+                    Reuse::StaleAccepted => {
+                        return self.serve_stored(&ctx, &entry, Outcome::Hit { stale: true }, now)
+                    }
+                    Reuse::Validate(ValidateReason::Request) => (Some(entry), Fwd::Request),
+                    Reuse::Validate(_) => (Some(entry), Fwd::Stale),
+                }
+            }
+            Lookup::VaryMiss => (None, Fwd::VaryMiss),
+            Lookup::Miss => (None, Fwd::UriMiss),
+        };
+        if ctx.req_dirs.only_if_cached {
+            // RFC 9111 §5.2.1.7: nothing usable without going forward.
+            let res = plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 Gateway Timeout: not in cache (only-if-cached)\n",
+            );
+            return self.finish(res, &Outcome::OnlyIfCached, None);
+        }
+        self.fetch(ctx, stale, fwd).await
+    }
+
+    /// Goes to the origin for a GET/HEAD: a miss, or a validation of `stale`.
+    async fn fetch(
+        &self,
+        ctx: Ctx,
+        stale: Option<Arc<StoredResponse>>,
+        fwd: Fwd,
+    ) -> Response<Body> {
+        let policy = &self.settings.policy;
+        let upstream = &self.upstreams[0];
+        // A range request on a miss is forwarded as is and not stored.
+        let range_pass = stale.is_none() && ctx.parts.headers.contains_key(RANGE);
+        let method = if range_pass {
+            ctx.parts.method.clone()
+        } else {
+            Method::GET
+        };
+        let mut oreq = match self.origin_request(upstream, &ctx, method, body::empty()) {
+            Ok(r) => r,
+            Err(res) => return res,
+        };
+        if !range_pass {
+            // We answer the client's own conditionals ourselves from the full response.
+            let h = oreq.headers_mut();
+            for name in [&IF_NONE_MATCH, &IF_MODIFIED_SINCE, &IF_RANGE, &RANGE] {
+                h.remove(name);
+            }
+            if let Some(s) = &stale {
+                if let Some(etag) = s.headers.get(ETAG) {
+                    h.insert(IF_NONE_MATCH, etag.clone());
+                }
+                if let Some(lm) = s.headers.get(LAST_MODIFIED) {
+                    h.insert(IF_MODIFIED_SINCE, lm.clone());
+                }
+            }
+        }
+
+        let request_time = SystemTime::now();
+        let res = match upstream.send(oreq).await {
+            Ok(res) => res,
+            Err(e) => return self.origin_error(&ctx, e, fwd),
+        };
+        let response_time = SystemTime::now();
+        let (mut rparts, rbody) = res.into_parts();
+        self.clean_origin_headers(&mut rparts.headers, response_time);
+        let status = rparts.status;
+
+        if range_pass {
+            let outcome = Outcome::Forward {
+                fwd: Fwd::Partial,
+                fwd_status: status.as_u16(),
+                stored: false,
+                not_stored: Some(NotStored::Range),
+            };
+            return self.finish(
+                response(status, rparts.headers, body::boxed(rbody)),
+                &outcome,
+                None,
+            );
+        }
+        if status == StatusCode::NOT_MODIFIED {
+            if let Some(stale) = stale {
+                return self.revalidated(
+                    &ctx,
+                    &stale,
+                    rparts.headers,
+                    request_time,
+                    response_time,
+                    fwd,
+                );
+            }
+        }
+
+        let (dirs, targeted) = freshness::effective_directives(&rparts.headers, policy);
+        let (lifetime, _) = freshness::freshness_lifetime(
+            status,
+            &rparts.headers,
+            &dirs,
+            targeted,
+            response_time,
+            policy,
+        );
+        let content_length = content_length(&rparts.headers);
+        let verdict = freshness::storable(
+            &Method::GET,
+            &ctx.parts.headers,
+            &ctx.req_dirs,
+            status,
+            &rparts.headers,
+            &dirs,
+            lifetime,
+            policy,
+        )
+        .and_then(|()| match content_length {
+            Some(n) if n > self.settings.max_object_size => Err(NotStored::TooLarge),
+            _ => Ok(()),
+        });
+        let names = match (&verdict, key::vary_names(&rparts.headers)) {
+            (Ok(()), Some(names)) => names,
+            _ => Vec::new(),
+        };
+
+        if let Err(reason) = verdict {
+            if stale.is_some() && !status.is_server_error() {
+                // The origin no longer lets us keep what we had: drop it.
+                self.store.invalidate(&ctx.key);
+            }
+            let outcome = Outcome::Forward {
+                fwd,
+                fwd_status: status.as_u16(),
+                stored: false,
+                not_stored: Some(reason),
+            };
+            return self.respond_fresh(
+                &ctx,
+                status,
+                rparts.headers,
+                body::boxed(rbody),
+                &outcome,
+                None,
+            );
+        }
+
+        let corrected_initial_age =
+            freshness::corrected_initial_age(&rparts.headers, request_time, response_time);
+        let mut stored_headers = rparts.headers.clone();
+        stored_headers.remove(AGE);
+        let mut entry = StoredResponse {
+            status,
+            headers: stored_headers,
+            body: Bytes::new(),
+            request_time,
+            response_time,
+            corrected_initial_age,
+            lifetime,
+            directives: dirs,
+            variant: Variant::of(&ctx.parts.headers, &names),
+        };
+        let (client_body, collect) = body::tee(
+            rbody,
+            content_length,
+            self.settings.max_object_size as usize,
+        );
+        let store = self.store.clone();
+        let key = ctx.key.clone();
+        tokio::spawn(async move {
+            match collect.await {
+                Ok(bytes) => {
+                    entry.body = bytes;
+                    store.insert(&key, entry);
+                }
+                Err(end) => debug!(key = %key.full, ?end, "response not stored"),
+            }
+        });
+        let outcome = Outcome::Forward {
+            fwd,
+            fwd_status: status.as_u16(),
+            stored: true,
+            not_stored: None,
+        };
+        let ttl = freshness::ttl_secs(lifetime, corrected_initial_age);
+        self.respond_fresh(
+            &ctx,
+            status,
+            rparts.headers,
+            body::boxed(client_body),
+            &outcome,
+            Some(ttl),
+        )
+    }
+
+    /// A 304 answered our validation: update the stored headers (RFC 9111 §3.2,
+    /// §4.3.4), refresh freshness and serve the updated entry.
+    fn revalidated(
+        &self,
+        ctx: &Ctx,
+        stale: &StoredResponse,
+        fresh_headers: HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        fwd: Fwd,
+    ) -> Response<Body> {
+        let policy = &self.settings.policy;
+        let mut headers = stale.headers.clone();
+        for name in fresh_headers.keys() {
+            if name == CONTENT_LENGTH || name == AGE || name == CACHE_STATUS {
+                continue;
+            }
+            headers.remove(name);
+            for v in fresh_headers.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        let (dirs, targeted) = freshness::effective_directives(&headers, policy);
+        let (lifetime, _) = freshness::freshness_lifetime(
+            stale.status,
+            &headers,
+            &dirs,
+            targeted,
+            response_time,
+            policy,
+        );
+        let verdict = freshness::storable(
+            &Method::GET,
+            &ctx.parts.headers,
+            &Directives::default(),
+            stale.status,
+            &headers,
+            &dirs,
+            lifetime,
+            policy,
+        );
+        let updated = StoredResponse {
+            status: stale.status,
+            headers,
+            body: stale.body.clone(),
+            request_time,
+            response_time,
+            corrected_initial_age: freshness::corrected_initial_age(
+                &fresh_headers,
+                request_time,
+                response_time,
+            ),
+            lifetime,
+            directives: dirs,
+            variant: stale.variant.clone(),
+        };
+        let stored = verdict.is_ok();
+        if stored {
+            self.store.insert(&ctx.key, updated.clone());
+        } else {
+            self.store.invalidate(&ctx.key);
+        }
+        let outcome = Outcome::Forward {
+            fwd,
+            fwd_status: 304,
+            stored,
+            not_stored: verdict.err(),
+        };
+        self.serve_stored(ctx, &updated, outcome, response_time)
+    }
+
+    /// Everything else: forwarded with its body, never stored.
+    async fn pass(&self, ctx: Ctx, body: Incoming) -> Response<Body> {
+        let upstream = &self.upstreams[0];
+        let method = ctx.parts.method.clone();
+        let oreq = match self.origin_request(upstream, &ctx, method.clone(), body::boxed(body)) {
+            Ok(r) => r,
+            Err(res) => return res,
+        };
+        let res = match upstream.send(oreq).await {
+            Ok(res) => res,
+            Err(e) => return self.origin_error(&ctx, e, Fwd::Method),
+        };
+        let (mut rparts, rbody) = res.into_parts();
+        self.clean_origin_headers(&mut rparts.headers, SystemTime::now());
+        let status = rparts.status;
+        // RFC 9111 §4.4: a non-error response to an unsafe method invalidates the
+        // target URI and same-origin Location / Content-Location.
+        if !method.is_safe() && (status.is_success() || status.is_redirection()) {
+            self.store.invalidate(&ctx.key);
+            for name in [&LOCATION, &CONTENT_LOCATION] {
+                if let Some(k) = rparts
+                    .headers
+                    .get(name)
+                    .and_then(|v| self.same_origin_key(&ctx, v))
+                {
+                    self.store.invalidate(&k);
+                }
+            }
+        }
+        let outcome = Outcome::Forward {
+            fwd: Fwd::Method,
+            fwd_status: status.as_u16(),
+            stored: false,
+            not_stored: None,
+        };
+        self.finish(
+            response(status, rparts.headers, body::boxed(rbody)),
+            &outcome,
+            None,
+        )
+    }
+
+    /// The key of a `Location`/`Content-Location` value, if it names the same origin.
+    fn same_origin_key(&self, ctx: &Ctx, value: &HeaderValue) -> Option<CacheKey> {
+        let v = value.to_str().ok()?.trim();
+        if v.starts_with('/') && !v.starts_with("//") {
+            return Some(key::primary_key(ctx.client.scheme, &ctx.host, v));
+        }
+        let uri: Uri = v.parse().ok()?;
+        let scheme = uri.scheme_str()?;
+        let authority = uri.authority()?.as_str();
+        let same = scheme == ctx.client.scheme
+            && key::normalize_host(authority, scheme)
+                == key::normalize_host(&ctx.host, ctx.client.scheme);
+        same.then(|| {
+            key::primary_key(
+                scheme,
+                authority,
+                uri.path_and_query().map_or("/", |p| p.as_str()),
+            )
+        })
+    }
+
+    /// Builds the request to the origin: its URI, hop-by-hop fields removed, `Host`,
+    /// `Via` and `X-Forwarded-*` set.
+    fn origin_request(
+        &self,
+        upstream: &Upstream,
+        ctx: &Ctx,
+        method: Method,
+        body: Body,
+    ) -> Result<Request<Body>, Response<Body>> {
+        let o = &upstream.settings;
+        let pq = ctx.parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = if pq == "*" {
+            "*".to_string()
+        } else {
+            format!("{}{}", o.base_path, pq)
+        };
+        let uri = Uri::builder()
+            .scheme(o.scheme.clone())
+            .authority(o.authority.clone())
+            .path_and_query(path)
+            .build();
+        let Ok(uri) = uri else {
+            return Err(plain(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: invalid target\n",
+            ));
+        };
+        let mut headers = ctx.parts.headers.clone();
+        forward::strip_hop_by_hop(&mut headers);
+        headers.remove(EXPECT); // 100-continue was handled on the client hop
+        let host = if o.preserve_host && !ctx.host.is_empty() {
+            HeaderValue::from_str(&ctx.host).ok()
+        } else {
+            None
+        };
+        let host = host.or_else(|| HeaderValue::from_str(o.authority.as_str()).ok());
+        if let Some(h) = host {
+            headers.insert(HOST, h);
+        }
+        forward::set_forwarded(
+            &mut headers,
+            ctx.client.addr.ip(),
+            ctx.client.scheme,
+            Some(&ctx.host)
+                .filter(|h| !h.is_empty())
+                .map(|h| h.as_str()),
+        );
+        if let Some(via) = forward::via_value(ctx.parts.version, &self.settings.via) {
+            forward::append_via(&mut headers, &via);
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    /// Hop-by-hop fields go; a missing `Date` is added (RFC 9110 §6.6.1).
+    fn clean_origin_headers(&self, headers: &mut HeaderMap, received: SystemTime) {
+        forward::strip_hop_by_hop(headers);
+        if !headers.contains_key(DATE) {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(received)) {
+                headers.insert(DATE, v);
+            }
+        }
+    }
+
+    /// A response just received from the origin, on the cached path: the client's
+    /// conditionals are answered here, and HEAD gets no body.
+    fn respond_fresh(
+        &self,
+        ctx: &Ctx,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Body,
+        outcome: &Outcome,
+        ttl: Option<i64>,
+    ) -> Response<Body> {
+        if conditional::not_modified(&ctx.parts.headers, status, &headers) {
+            let res = response(
+                StatusCode::NOT_MODIFIED,
+                conditional::not_modified_headers(&headers),
+                body::empty(),
+            );
+            return self.finish(res, outcome, ttl);
+        }
+        let body = if ctx.parts.method == Method::HEAD {
+            body::empty()
+        } else {
+            body
+        };
+        self.finish(response(status, headers, body), outcome, ttl)
+    }
+
+    /// Serves a stored response: 304 for matching conditionals, 206/416 for ranges,
+    /// `Age` always (RFC 9111 §5.1).
+    fn serve_stored(
+        &self,
+        ctx: &Ctx,
+        entry: &StoredResponse,
+        outcome: Outcome,
+        now: SystemTime,
+    ) -> Response<Body> {
+        let age = entry.age(now);
+        let ttl = Some(freshness::ttl_secs(entry.lifetime, age));
+        let age_value = HeaderValue::from(freshness::age_header_secs(age));
+        if conditional::not_modified(&ctx.parts.headers, entry.status, &entry.headers) {
+            let mut headers = conditional::not_modified_headers(&entry.headers);
+            headers.insert(AGE, age_value);
+            return self.finish(
+                response(StatusCode::NOT_MODIFIED, headers, body::empty()),
+                &outcome,
+                ttl,
+            );
+        }
+        let mut headers = entry.headers.clone();
+        headers.insert(AGE, age_value);
+        let len = entry.body.len() as u64;
+        let head = ctx.parts.method == Method::HEAD;
+        let answer = if entry.status == StatusCode::OK && !head {
+            conditional::range(&ctx.parts.headers, &entry.headers, len)
+        } else {
+            RangeAnswer::Full
+        };
+        let (status, payload) = match answer {
+            RangeAnswer::Full => (entry.status, entry.body.clone()),
+            RangeAnswer::Partial { start, end } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                    headers.insert(CONTENT_RANGE, v);
+                }
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    entry.body.slice(start as usize..=end as usize),
+                )
+            }
+            RangeAnswer::Unsatisfiable => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    headers.insert(CONTENT_RANGE, v);
+                }
+                headers.remove(CONTENT_TYPE);
+                (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
+            }
+        };
+        if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(payload.len()));
+        }
+        let body = if head {
+            body::empty()
+        } else {
+            body::full(payload)
+        };
+        self.finish(response(status, headers, body), &outcome, ttl)
+    }
+
+    fn origin_error(&self, ctx: &Ctx, e: OriginError, fwd: Fwd) -> Response<Body> {
+        warn!(method = %ctx.parts.method, host = %ctx.host, uri = %ctx.parts.uri, error = %e, "origin request failed");
+        let status = e.kind.status();
+        let text = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            e.kind.as_str()
+        );
+        self.finish(
+            plain(status, &text),
+            &Outcome::OriginError {
+                fwd,
+                detail: e.kind.as_str(),
+            },
+            None,
+        )
+    }
+
+    /// Last stop of every response: `Cache-Status`, `Via`, targeted fields.
+    fn finish(
+        &self,
+        mut res: Response<Body>,
+        outcome: &Outcome,
+        ttl: Option<i64>,
+    ) -> Response<Body> {
+        let headers = res.headers_mut();
+        let upstream = headers.remove(&CACHE_STATUS);
+        if let Some(v) =
+            outcome.cache_status_header(upstream.as_ref(), &self.settings.cache_status_name, ttl)
+        {
+            headers.insert(CACHE_STATUS.clone(), v);
+        }
+        if let Some(via) = forward::via_value(Version::HTTP_11, &self.settings.via) {
+            forward::append_via(headers, &via);
+        }
+        if !self.settings.forward_targeted_fields {
+            for f in &self.settings.policy.targeted_fields {
+                headers.remove(f);
+            }
+        }
+        debug!(
+            outcome = outcome.label(),
+            status = res.status().as_u16(),
+            "request done"
+        );
+        res
+    }
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING) || content_length(headers).is_some_and(|n| n > 0)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn response(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    res
+}
+
+/// A short plain-text response generated by the proxy itself.
+pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response(
+        status,
+        headers,
+        body::full(Bytes::copy_from_slice(text.as_bytes())),
+    )
+}

@@ -1,0 +1,99 @@
+//! The listener: accepts TCP connections and serves HTTP/1.1 and HTTP/2 on them
+//! (hyper-util's auto builder) with the limits of the config: request-head size
+//! (431), header read timeout (slow clients are cut off).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::config::Settings;
+use crate::proxy::{ClientInfo, Proxy};
+
+/// A running proxy. Dropping it stops accepting connections.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Running {
+    /// Waits until the accept loop ends (it only ends when aborted).
+    pub async fn wait(mut self) {
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        let _ = task.await;
+    }
+}
+
+/// Binds `settings.listen` and starts serving in the background.
+pub async fn start(settings: Settings) -> io::Result<Running> {
+    let listener = TcpListener::bind(settings.listen).await?;
+    let addr = listener.local_addr()?;
+    let proxy = Proxy::new(settings);
+    let task = tokio::spawn(accept_loop(listener, proxy.clone()));
+    Ok(Running { addr, proxy, task })
+}
+
+fn connection_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        .keep_alive(true)
+        // hyper answers 431 when the request head does not fit in this buffer.
+        .max_buf_size(s.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
+    let builder = Arc::new(connection_builder(proxy.settings()));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly, keep serving.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let client = ClientInfo {
+                addr: peer,
+                scheme: "http",
+            };
+            let service = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+            });
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,223 @@
+//! The in-memory store: primary key digest → the variants stored for it.
+//!
+//! Bounded by bytes (a weigher counts body, headers, key and a fixed per-entry
+//! overhead) on moka. A stored entry holds everything freshness needs, so a hit
+//! is an `Arc` clone plus a `Bytes` clone: no re-parsing.
+//!
+//! Invariants: only complete responses are inserted; a `Vary: *` response is never
+//! inserted; a key never holds more than `max_variants` variants.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::HeaderMap;
+use http::StatusCode;
+use moka::sync::Cache;
+
+use crate::directives::Directives;
+use crate::key::{CacheKey, Variant};
+
+/// A stored response and the facts freshness needs (RFC 9111 §4.2.3).
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    pub status: StatusCode,
+    /// End-to-end headers as received (hop-by-hop fields and `Age` removed).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+    pub corrected_initial_age: Duration,
+    pub lifetime: Duration,
+    /// The directives Lacquer obeys for this response (targeted field or Cache-Control).
+    pub directives: Directives,
+    /// The request fields that selected this variant.
+    pub variant: Variant,
+}
+
+impl StoredResponse {
+    /// Approximate memory held by this entry.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        self.body.len() + headers + self.variant.weight() + std::mem::size_of::<StoredResponse>()
+    }
+
+    pub fn age(&self, now: SystemTime) -> Duration {
+        crate::freshness::current_age(self.corrected_initial_age, self.response_time, now)
+    }
+}
+
+/// Everything stored under one primary key.
+#[derive(Debug)]
+struct KeyEntry {
+    full_key: Box<str>,
+    /// Most recently stored first.
+    variants: Vec<Arc<StoredResponse>>,
+}
+
+impl KeyEntry {
+    fn weight(&self) -> u32 {
+        let w = self.full_key.len() + 64 + self.variants.iter().map(|v| v.weight()).sum::<usize>();
+        u32::try_from(w).unwrap_or(u32::MAX)
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Arc<StoredResponse>),
+    /// Something is stored under the key, but no variant matches this request.
+    VaryMiss,
+    Miss,
+}
+
+pub struct Store {
+    cache: Cache<u128, Arc<KeyEntry>>,
+    max_variants: usize,
+}
+
+impl Store {
+    pub fn new(max_bytes: u64, max_variants: usize) -> Store {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_k: &u128, v: &Arc<KeyEntry>| v.weight())
+            .build();
+        Store {
+            cache,
+            max_variants,
+        }
+    }
+
+    pub fn lookup(&self, key: &CacheKey, req: &HeaderMap) -> Lookup {
+        let Some(entry) = self.cache.get(&key.digest) else {
+            return Lookup::Miss;
+        };
+        if entry.full_key != key.full {
+            return Lookup::Miss; // digest collision: never serve another URL's content
+        }
+        match entry.variants.iter().find(|v| v.variant.matches(req)) {
+            Some(v) => Lookup::Hit(v.clone()),
+            None => Lookup::VaryMiss,
+        }
+    }
+
+    /// Stores a variant. It replaces the variant with the same selecting values; a
+    /// different set of Vary names replaces all older variants (the origin changed
+    /// its selection rule). Beyond `max_variants` the oldest goes.
+    pub fn insert(&self, key: &CacheKey, response: StoredResponse) {
+        let response = Arc::new(response);
+        let max = self.max_variants;
+        self.cache.entry(key.digest).and_upsert_with(|existing| {
+            let mut variants = vec![response.clone()];
+            if let Some(old) = existing {
+                let old = old.into_value();
+                if old.full_key == key.full {
+                    variants.extend(
+                        old.variants
+                            .iter()
+                            .filter(|v| {
+                                v.variant.same_names(&response.variant)
+                                    && v.variant != response.variant
+                            })
+                            .take(max.saturating_sub(1))
+                            .cloned(),
+                    );
+                }
+            }
+            Arc::new(KeyEntry {
+                full_key: key.full.clone(),
+                variants,
+            })
+        });
+    }
+
+    /// Removes every variant stored under `key` (RFC 9111 §4.4 invalidation).
+    pub fn invalidate(&self, key: &CacheKey) {
+        self.cache.invalidate(&key.digest);
+    }
+
+    /// Number of primary keys stored (approximate until pending tasks run).
+    pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes accounted by the weigher.
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::primary_key;
+    use http::header::{HeaderName, HeaderValue};
+
+    fn stored(variant: Variant, body: &'static str) -> StoredResponse {
+        StoredResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            request_time: SystemTime::UNIX_EPOCH,
+            response_time: SystemTime::UNIX_EPOCH,
+            corrected_initial_age: Duration::ZERO,
+            lifetime: Duration::from_secs(60),
+            directives: Directives::default(),
+            variant,
+        }
+    }
+
+    fn req(lang: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("accept-language", HeaderValue::from_static(lang));
+        h
+    }
+
+    #[test]
+    fn variants_are_selected_replaced_and_capped() {
+        let store = Store::new(1 << 20, 2);
+        let key = primary_key("http", "a", "/x");
+        let names = [HeaderName::from_static("accept-language")];
+        assert!(matches!(store.lookup(&key, &req("en")), Lookup::Miss));
+        store.insert(&key, stored(Variant::of(&req("en"), &names), "en"));
+        store.insert(&key, stored(Variant::of(&req("fr"), &names), "fr"));
+        match store.lookup(&key, &req("en")) {
+            Lookup::Hit(v) => assert_eq!(v.body, "en"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(store.lookup(&key, &req("de")), Lookup::VaryMiss));
+        // Third variant: cap of 2 drops the oldest ("en").
+        store.insert(&key, stored(Variant::of(&req("de"), &names), "de"));
+        assert!(matches!(store.lookup(&key, &req("en")), Lookup::VaryMiss));
+        assert!(matches!(store.lookup(&key, &req("fr")), Lookup::Hit(_)));
+        // A response without Vary replaces the whole selection rule.
+        store.insert(&key, stored(Variant::default(), "plain"));
+        match store.lookup(&key, &req("fr")) {
+            Lookup::Hit(v) => assert_eq!(v.body, "plain"),
+            other => panic!("{other:?}"),
+        }
+        store.invalidate(&key);
+        assert!(matches!(store.lookup(&key, &req("fr")), Lookup::Miss));
+    }
+
+    #[test]
+    fn weight_counts_the_body() {
+        let store = Store::new(1 << 20, 4);
+        store.insert(
+            &primary_key("http", "a", "/big"),
+            stored(Variant::default(), "0123456789"),
+        );
+        assert!(store.weighted_size() >= 10);
+        assert_eq!(store.len(), 1);
+    }
+}
