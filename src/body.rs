@@ -67,26 +67,31 @@ pub enum TeeEnd {
 }
 
 /// Streams `body` to the returned [`ChannelBody`] and collects it, up to `limit`
-/// bytes. Returns the client body and a future that resolves to the complete
-/// body. The future must be driven (spawned) for the client body to make progress.
-/// If the client goes away, collection continues: the store still gets the object.
-pub fn tee<B>(
+/// bytes. `on_complete` gets the complete body *before* the client sees the end
+/// of it, so a client that has read a whole response can count on the next
+/// request finding it stored. The returned future must be driven (spawned) for
+/// the client body to make progress. If the client goes away, collection
+/// continues: the store still gets the object.
+pub fn tee<B, F>(
     body: B,
     len: Option<u64>,
     limit: usize,
+    on_complete: F,
 ) -> (
     ChannelBody,
-    impl std::future::Future<Output = Result<Bytes, TeeEnd>> + Send,
+    impl std::future::Future<Output = Result<(), TeeEnd>> + Send,
 )
 where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError> + Send,
+    F: FnOnce(Bytes) + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(16);
     let client = ChannelBody { rx, len };
     let fut = async move {
         let mut body = body;
         let mut tx = Some(tx);
+        let mut on_complete = Some(on_complete);
         let mut collected =
             BytesMut::with_capacity(len.map_or(0, |n| n.min(limit as u64) as usize));
         let mut too_large = false;
@@ -101,6 +106,12 @@ where
                                 collected = BytesMut::new();
                             } else {
                                 collected.extend_from_slice(data);
+                                if Some(collected.len() as u64) == len {
+                                    // Declared length reached: complete.
+                                    if let Some(f) = on_complete.take() {
+                                        f(std::mem::take(&mut collected).freeze());
+                                    }
+                                }
                             }
                         }
                     }
@@ -117,19 +128,32 @@ where
                     if let Some(sender) = &tx {
                         let _ = sender.send(Err(e.into())).await;
                     }
-                    return Err(TeeEnd::Incomplete);
+                    return if on_complete.is_none() {
+                        Ok(())
+                    } else {
+                        Err(TeeEnd::Incomplete)
+                    };
                 }
             }
         }
         if too_large {
             return Err(TeeEnd::TooLarge);
         }
-        if let Some(expected) = len {
-            if collected.len() as u64 != expected {
-                return Err(TeeEnd::Incomplete);
+        match (on_complete.take(), len) {
+            (None, _) => Ok(()),
+            // An empty body with `Content-Length: 0` never produced a data frame.
+            (Some(f), Some(n)) if collected.len() as u64 == n => {
+                f(collected.freeze());
+                Ok(())
+            }
+            // Ended before the declared length.
+            (Some(_), Some(_)) => Err(TeeEnd::Incomplete),
+            (Some(f), None) => {
+                f(collected.freeze());
+                drop(tx); // only now does the client see the end of the body
+                Ok(())
             }
         }
-        Ok(collected.freeze())
     };
     (client, fut)
 }
@@ -138,34 +162,60 @@ where
 mod tests {
     use super::*;
 
+    use std::sync::{Arc, Mutex};
+
+    fn sink() -> (
+        Arc<Mutex<Option<Bytes>>>,
+        impl FnOnce(Bytes) + Send + 'static,
+    ) {
+        let slot = Arc::new(Mutex::new(None));
+        let s = slot.clone();
+        (slot, move |b| *s.lock().unwrap() = Some(b))
+    }
+
     #[tokio::test]
-    async fn tee_collects_while_streaming() {
-        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), Some(5), 100);
-        let task = tokio::spawn(fut);
-        let got = client.collect().await.unwrap().to_bytes();
-        assert_eq!(got, "hello");
-        assert_eq!(task.await.unwrap().unwrap(), "hello");
+    async fn tee_collects_before_the_client_sees_the_end() {
+        for len in [Some(5), None] {
+            let (slot, f) = sink();
+            let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), len, 100, f);
+            let task = tokio::spawn(fut);
+            let got = client.collect().await.unwrap().to_bytes();
+            assert_eq!(got, "hello");
+            // The client has the whole body: the store already has it too.
+            assert_eq!(
+                slot.lock().unwrap().as_deref(),
+                Some(&b"hello"[..]),
+                "len {len:?}"
+            );
+            task.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]
     async fn tee_keeps_collecting_after_the_client_leaves() {
-        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), None, 100);
+        let (slot, f) = sink();
+        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), None, 100, f);
         drop(client);
-        assert_eq!(fut.await.unwrap(), "hello");
+        fut.await.unwrap();
+        assert_eq!(slot.lock().unwrap().as_deref(), Some(&b"hello"[..]));
     }
 
     #[tokio::test]
     async fn tee_stops_collecting_past_the_limit() {
-        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), None, 3);
+        let (slot, f) = sink();
+        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), None, 3, f);
         let task = tokio::spawn(fut);
         assert_eq!(client.collect().await.unwrap().to_bytes(), "hello");
         assert_eq!(task.await.unwrap(), Err(TeeEnd::TooLarge));
+        assert!(slot.lock().unwrap().is_none());
     }
 
     #[tokio::test]
     async fn tee_reports_a_short_body() {
-        let (client, fut) = tee(Full::new(Bytes::from_static(b"hel")), Some(5), 100);
+        let (slot, f) = sink();
+        let (client, fut) = tee(Full::new(Bytes::from_static(b"hel")), Some(5), 100, f);
         drop(client);
         assert_eq!(fut.await, Err(TeeEnd::Incomplete));
+        assert!(slot.lock().unwrap().is_none());
     }
 }

@@ -315,20 +315,18 @@ impl Proxy {
             directives: dirs,
             variant: Variant::of(&ctx.parts.headers, &names),
         };
-        let (client_body, collect) = body::tee(
-            rbody,
-            content_length,
-            self.settings.max_object_size as usize,
-        );
         let store = self.store.clone();
         let key = ctx.key.clone();
+        let on_complete = move |bytes: Bytes| {
+            entry.body = bytes;
+            store.insert(&key, entry);
+        };
+        let limit = self.settings.max_object_size as usize;
+        let (client_body, collect) = body::tee(rbody, content_length, limit, on_complete);
+        let full_key = ctx.key.full.clone();
         tokio::spawn(async move {
-            match collect.await {
-                Ok(bytes) => {
-                    entry.body = bytes;
-                    store.insert(&key, entry);
-                }
-                Err(end) => debug!(key = %key.full, ?end, "response not stored"),
+            if let Err(end) = collect.await {
+                debug!(key = %full_key, ?end, "response not stored");
             }
         });
         let outcome = Outcome::Forward {

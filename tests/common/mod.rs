@@ -1,0 +1,369 @@
+//! Test harness: a real origin (a hyper server on 127.0.0.1:0 whose answers the
+//! test declares) and the real proxy in front of it, in three lines:
+//!
+//! ```ignore
+//! let origin = Origin::start(|_req| Reply::ok("hello").header("cache-control", "max-age=60")).await;
+//! let proxy = Proxy::start(&origin).await;
+//! let res = proxy.get("/x").await;
+//! ```
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use lacquer::config::{ConfigFile, OriginSection, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// A request as the origin saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: http::Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What the origin answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Bytes,
+    /// Wait this long before sending the response head.
+    pub delay: Option<Duration>,
+    /// Never answer (for timeout tests).
+    pub hang: bool,
+    /// Send the body in these chunks, waiting for `release` before the last one.
+    pub hold_last_chunk: Option<Arc<Notify>>,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Bytes>) -> Reply {
+        Reply::status(200).body(body)
+    }
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            delay: None,
+            hang: false,
+            hold_last_chunk: None,
+        }
+    }
+    pub fn body(mut self, body: impl Into<Bytes>) -> Reply {
+        self.body = body.into();
+        self
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers
+            .push((name.to_string(), value.as_bytes().to_vec()));
+        self
+    }
+    /// A header value with arbitrary bytes (malformed-input tests).
+    pub fn raw_header(mut self, name: &str, value: &[u8]) -> Reply {
+        self.headers.push((name.to_string(), value.to_vec()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = Some(d);
+        self
+    }
+    pub fn hang() -> Reply {
+        Reply {
+            hang: true,
+            ..Reply::status(200)
+        }
+    }
+}
+
+type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
+
+/// A counting origin on 127.0.0.1:0.
+pub struct Origin {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        Origin::serve(listener, Arc::new(handler))
+    }
+
+    fn serve(listener: TcpListener, handler: Arc<Handler>) -> Origin {
+        let addr = listener.local_addr().expect("origin addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (h, s) = (hits.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (handler, hits, seen) = (handler.clone(), hits.clone(), seen.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let req = Seen {
+                                method: parts.method,
+                                uri: parts.uri,
+                                version: parts.version,
+                                headers: parts.headers,
+                                body,
+                            };
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            seen.lock().unwrap().push(req.clone());
+                            let reply = handler(&req);
+                            if reply.hang {
+                                std::future::pending::<()>().await;
+                            }
+                            if let Some(d) = reply.delay {
+                                tokio::time::sleep(d).await;
+                            }
+                            Ok::<_, Infallible>(build(reply))
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            addr,
+            hits,
+            seen,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests the origin received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the origin saw no request")
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn build(reply: Reply) -> Response<lacquer::body::Body> {
+    let body = match reply.hold_last_chunk {
+        None => lacquer::body::full(reply.body),
+        Some(release) => {
+            // First half now, the rest after `release` is notified.
+            let (tx, rx) =
+                tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(4);
+            let half = reply.body.len() / 2;
+            let (a, b) = (reply.body.slice(..half), reply.body.slice(half..));
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(http_body::Frame::data(a))).await;
+                release.notified().await;
+                let _ = tx.send(Ok(http_body::Frame::data(b))).await;
+            });
+            lacquer::body::boxed(http_body_util::StreamBody::new(ReceiverStream(rx)))
+        }
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = StatusCode::from_u16(reply.status).expect("valid status");
+    for (name, value) in reply.headers {
+        res.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_bytes(&value).expect("header value"),
+        );
+    }
+    res
+}
+
+/// A minimal `Stream` over a tokio receiver (avoids a dependency on tokio-stream).
+pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Res {
+    pub status: u16,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Res {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status").unwrap_or("")
+    }
+    pub fn is_hit(&self) -> bool {
+        self.cache_status().contains("lacquer; hit")
+    }
+    pub fn age(&self) -> Option<u64> {
+        self.header("age").and_then(|a| a.parse().ok())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The real proxy on 127.0.0.1:0, with a client.
+pub struct Proxy {
+    pub running: lacquer::server::Running,
+    pub addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Proxy {
+    pub async fn start(origin: &Origin) -> Proxy {
+        Proxy::start_with(origin, |_| {}).await
+    }
+
+    /// Starts the proxy with the default config for `origin`, adjusted by `tweak`.
+    pub async fn start_with(origin: &Origin, tweak: impl FnOnce(&mut ConfigFile)) -> Proxy {
+        Proxy::start_url(&origin.url(), tweak).await
+    }
+
+    pub async fn start_url(url: &str, tweak: impl FnOnce(&mut ConfigFile)) -> Proxy {
+        let mut file = ConfigFile::default();
+        file.server.listen = "127.0.0.1:0".parse().unwrap();
+        file.origins.push(OriginSection {
+            url: url.to_string(),
+            ..OriginSection::default()
+        });
+        tweak(&mut file);
+        let settings = Settings::from_file(file).expect("valid test config");
+        let running = lacquer::server::start(settings).await.expect("start proxy");
+        let addr = running.addr;
+        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        Proxy {
+            running,
+            addr,
+            client,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Res {
+        self.send(Request::get(self.url(path)).body(Full::default()).unwrap())
+            .await
+    }
+
+    /// GET with extra request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Res {
+        let mut req = Request::get(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(Full::default()).unwrap()).await
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Res {
+        let mut req = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(
+            req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Res {
+        let res = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .expect("proxy answered within 30 s")
+            .expect("request to proxy");
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.expect("response body").to_bytes();
+        Res {
+            status: parts.status.as_u16(),
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub fn store(&self) -> &lacquer::store::Store {
+        self.running.proxy.store()
+    }
+}
+
+/// Sends raw bytes to `addr` and reads until the server closes the connection
+/// (or 10 s pass, so a broken server fails the test instead of hanging it).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
