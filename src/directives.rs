@@ -264,6 +264,7 @@ fn utf8_len(first: u8) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // tables of cases
 mod tests {
     use super::*;
     use http::HeaderValue;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{
     HeaderMap, HeaderName, AGE, AUTHORIZATION, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE,
 };
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use crate::directives::{Directives, MaxStale, DELTA_MAX};
 
@@ -44,7 +44,6 @@ impl Default for Policy {
 /// Why a response was not stored. Rendered into `Cache-Status; detail=` and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotStored {
-    Method,
     Status,
     NoStore,
     Private,
@@ -62,7 +61,6 @@ pub enum NotStored {
 impl NotStored {
     pub fn as_str(self) -> &'static str {
         match self {
-            NotStored::Method => "method",
             NotStored::Status => "status",
             NotStored::NoStore => "no-store",
             NotStored::Private => "private",
@@ -108,10 +106,10 @@ pub fn effective_directives(headers: &HeaderMap, policy: &Policy) -> (Directives
     (Directives::from_cache_control(headers), false)
 }
 
-/// May this response be stored by a shared cache? (§3, §3.5, §5.2.2)
+/// May this response to a GET be stored by a shared cache? (§3, §3.5, §5.2.2)
+/// Only GET responses are ever stored; the caller checks the method.
 /// `lifetime` is the freshness lifetime computed by [`freshness_lifetime`].
 pub fn storable(
-    method: &Method,
     req_headers: &HeaderMap,
     req: &Directives,
     status: StatusCode,
@@ -120,9 +118,6 @@ pub fn storable(
     lifetime: Duration,
     policy: &Policy,
 ) -> Result<(), NotStored> {
-    if method != Method::GET {
-        return Err(NotStored::Method);
-    }
     if req.no_store {
         return Err(NotStored::RequestNoStore);
     }
@@ -370,6 +365,7 @@ pub fn ttl_secs(lifetime: Duration, age: Duration) -> i64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // tables of cases
 mod tests {
     use super::*;
     use http::HeaderValue;
@@ -510,7 +506,6 @@ mod tests {
         let status = StatusCode::from_u16(status).unwrap();
         let (l, _) = freshness_lifetime(status, &rs, &d, targeted, t(0), &policy);
         storable(
-            &Method::GET,
             &rq,
             &Directives::from_cache_control(&rq),
             status,

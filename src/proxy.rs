@@ -196,7 +196,7 @@ impl Proxy {
         };
         let mut oreq = match self.origin_request(upstream, &ctx, method, body::empty()) {
             Ok(r) => r,
-            Err(res) => return res,
+            Err(res) => return *res,
         };
         if !range_pass {
             // We answer the client's own conditionals ourselves from the full response.
@@ -261,7 +261,6 @@ impl Proxy {
         );
         let content_length = content_length(&rparts.headers);
         let verdict = freshness::storable(
-            &Method::GET,
             &ctx.parts.headers,
             &ctx.req_dirs,
             status,
@@ -378,7 +377,6 @@ impl Proxy {
             policy,
         );
         let verdict = freshness::storable(
-            &Method::GET,
             &ctx.parts.headers,
             &Directives::default(),
             stale.status,
@@ -423,7 +421,7 @@ impl Proxy {
         let method = ctx.parts.method.clone();
         let oreq = match self.origin_request(upstream, &ctx, method.clone(), body::boxed(body)) {
             Ok(r) => r,
-            Err(res) => return res,
+            Err(res) => return *res,
         };
         let res = match upstream.send(oreq).await {
             Ok(res) => res,
@@ -488,7 +486,7 @@ impl Proxy {
         ctx: &Ctx,
         method: Method,
         body: Body,
-    ) -> Result<Request<Body>, Response<Body>> {
+    ) -> Result<Request<Body>, Box<Response<Body>>> {
         let o = &upstream.settings;
         let pq = ctx.parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let path = if pq == "*" {
@@ -502,10 +500,10 @@ impl Proxy {
             .path_and_query(path)
             .build();
         let Ok(uri) = uri else {
-            return Err(plain(
+            return Err(Box::new(plain(
                 StatusCode::BAD_REQUEST,
                 "400 Bad Request: invalid target\n",
-            ));
+            )));
         };
         let mut headers = ctx.parts.headers.clone();
         forward::strip_hop_by_hop(&mut headers);
