@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use lacquer::directives::Directives;
 use lacquer::freshness::{self, Policy};
-use lacquer::key::{primary_key, Variant};
+use lacquer::key::{primary_key, KeyHeader, KeyRule, Variant};
 use lacquer::store::{Lookup, Store, StoredResponse};
 
 fn bench(c: &mut Criterion) {
@@ -21,18 +21,47 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    let rule = KeyRule::default();
+    let plain = HeaderMap::new();
     c.bench_function("key/primary typical url", |b| {
         b.iter(|| {
             primary_key(
+                &rule,
                 black_box("http"),
-                black_box("Www.Example.com:80"),
-                black_box("/products/shoes?color=red&size=42"),
+                black_box("www.example.com"),
+                black_box("/products/shoes?size=42&color=red&utm_source=news"),
+                &plain,
+            )
+        })
+    });
+    let keyed = KeyRule {
+        headers: vec![KeyHeader {
+            name: HeaderName::from_static("x-experiment-id"),
+            fold_case: true,
+        }],
+        cookies: vec!["user_segment".into()],
+        ..KeyRule::default()
+    };
+    let mut with_cookie = HeaderMap::new();
+    with_cookie.insert("x-experiment-id", HeaderValue::from_static("B"));
+    with_cookie.insert(
+        "cookie",
+        HeaderValue::from_static("session=abc123; user_segment=vip; theme=dark"),
+    );
+    c.bench_function("key/primary with keyed header and cookie", |b| {
+        b.iter(|| {
+            primary_key(
+                &keyed,
+                black_box("http"),
+                black_box("www.example.com"),
+                black_box("/products/shoes?color=red"),
+                &with_cookie,
             )
         })
     });
 
     let store = Store::new(64 << 20, 32);
-    let key = primary_key("http", "example.com", "/hot");
+    let key = primary_key(&rule, "http", "example.com", "/hot", &plain);
     let now = SystemTime::now();
     store.insert(
         &key,
@@ -69,5 +98,46 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+fn variants(c: &mut Criterion) {
+    let store = Store::new(64 << 20, 32);
+    let rule = KeyRule::default();
+    let key = primary_key(&rule, "http", "example.com", "/v", &HeaderMap::new());
+    let names = [
+        HeaderName::from_static("accept-encoding"),
+        HeaderName::from_static("accept-language"),
+    ];
+    let now = SystemTime::now();
+    for enc in ["br", "gzip", "identity"] {
+        for lang in ["en", "fr", "de", "es"] {
+            let mut req = HeaderMap::new();
+            req.insert("accept-encoding", HeaderValue::from_static(enc));
+            req.insert("accept-language", HeaderValue::from_static(lang));
+            store.insert(
+                &key,
+                StoredResponse {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                    body: Bytes::from_static(b"x"),
+                    request_time: now,
+                    response_time: now,
+                    corrected_initial_age: Duration::ZERO,
+                    lifetime: Duration::from_secs(3600),
+                    directives: Directives::default(),
+                    variant: Variant::of(&req, &names),
+                },
+            );
+        }
+    }
+    let mut req = HeaderMap::new();
+    req.insert("accept-encoding", HeaderValue::from_static("identity"));
+    req.insert("accept-language", HeaderValue::from_static("es"));
+    c.bench_function("store/variant selection among 12", |b| {
+        b.iter(|| match store.lookup(black_box(&key), &req) {
+            Lookup::Hit(e) => black_box(e),
+            _ => unreachable!("the variant is stored"),
+        })
+    });
+}
+
+criterion_group!(benches, bench, variants);
 criterion_main!(benches);

@@ -15,6 +15,8 @@ use http::Uri;
 use serde::{Deserialize, Serialize};
 
 use crate::freshness::Policy;
+use crate::key::{HostMatch, KeyHeader, KeyRule, KeyRules, NamePattern, QueryRule};
+use crate::vary::{is_private_vary, Normalizer, VaryRules};
 
 /// The file as written by the operator.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -22,8 +24,123 @@ use crate::freshness::Policy;
 pub struct ConfigFile {
     pub server: ServerSection,
     pub cache: CacheSection,
+    /// `[key]`: how cache keys are built, unless a route says otherwise.
+    pub key: KeySection,
+    /// `[vary]`: Vary normalizers and per-user Vary fields.
+    pub vary: VarySection,
+    /// `[[routes]]`: key rules for a host and/or path prefix; the first match wins.
+    pub routes: Vec<RouteSection>,
     /// `[[origins]]`: the origins, in priority order. The first is the default.
     pub origins: Vec<OriginSection>,
+}
+
+/// Query handling in keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryMode {
+    /// Every parameter except those listed in `query_params`.
+    Drop,
+    /// Only the parameters listed in `query_params`.
+    Allow,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySection {
+    /// Sort query parameters so that `?b=1&a=2` and `?a=2&b=1` share an entry.
+    pub sort_query: bool,
+    pub query_mode: QueryMode,
+    /// Parameter names (`utm_*` matches a prefix) dropped or allowed per `query_mode`.
+    pub query_params: Vec<String>,
+    /// Request headers whose values are part of the key (e.g. `X-Experiment-Id`).
+    pub headers: Vec<String>,
+    /// Of `headers`, those whose values compare case-insensitively.
+    pub headers_fold_case: Vec<String>,
+    /// Cookies whose values are part of the key (e.g. `user_segment`).
+    pub cookies: Vec<String>,
+    /// Keyed header and cookie values are cut to this many bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for KeySection {
+    fn default() -> Self {
+        KeySection {
+            sort_query: true,
+            query_mode: QueryMode::Drop,
+            query_params: crate::key::DEFAULT_DROPPED_PARAMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            headers: Vec::new(),
+            headers_fold_case: Vec::new(),
+            cookies: Vec::new(),
+            max_value_bytes: 256,
+        }
+    }
+}
+
+/// A route: where it applies, and which key settings it overrides (unset ones
+/// come from `[key]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteSection {
+    /// Exact host (`shop.example.com`) or `*.example.com`; absent: any host.
+    pub host: Option<String>,
+    /// Path prefix starting with `/`; absent: every path.
+    pub path_prefix: Option<String>,
+    pub sort_query: Option<bool>,
+    pub query_mode: Option<QueryMode>,
+    pub query_params: Option<Vec<String>>,
+    pub headers: Option<Vec<String>>,
+    pub headers_fold_case: Option<Vec<String>>,
+    pub cookies: Option<Vec<String>>,
+    pub max_value_bytes: Option<usize>,
+    /// Per-user Vary fields allowed on this route (overrides `[vary] allow_private`).
+    pub vary_allow_private: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormalizerKind {
+    /// `Accept-Encoding` → `br`, `gzip` or `identity`.
+    Encoding,
+    /// `Accept-Language` → one of `languages`, else `default`.
+    Language,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizerSection {
+    pub header: String,
+    pub kind: NormalizerKind,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VarySection {
+    /// Request fields rewritten to a small set of values before lookup and forwarding.
+    pub normalizers: Vec<NormalizerSection>,
+    /// Responses with `Vary: Cookie`, `Authorization` or `User-Agent` are stored only if
+    /// the field is listed here (each value then gets its own variant, never shared).
+    pub allow_private: Vec<String>,
+}
+
+impl Default for VarySection {
+    fn default() -> Self {
+        VarySection {
+            normalizers: vec![NormalizerSection {
+                header: "Accept-Encoding".into(),
+                kind: NormalizerKind::Encoding,
+                languages: Vec::new(),
+                default: None,
+            }],
+            allow_private: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,7 +159,26 @@ pub struct ServerSection {
     pub via: String,
     /// Name of this cache in `Cache-Status` (RFC 9211).
     pub cache_status_name: String,
+    /// Request headers removed before anything else looks at the request: fields that
+    /// some frameworks trust to rewrite the URL or scheme, classic cache-poisoning vectors.
+    pub strip_request_headers: Vec<String>,
+    /// Add `X-Lacquer-Key` and `X-Lacquer-Variant` to responses (for debugging keys).
+    pub debug_headers: bool,
 }
+
+/// The default `server.strip_request_headers`.
+pub const DEFAULT_STRIPPED_HEADERS: &[&str] = &[
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Port",
+    "X-Forwarded-Server",
+    "X-Host",
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+    "Forwarded",
+];
 
 impl Default for ServerSection {
     fn default() -> Self {
@@ -53,6 +189,11 @@ impl Default for ServerSection {
             max_uri_bytes: ByteSize::kib(8),
             via: "lacquer".into(),
             cache_status_name: "lacquer".into(),
+            strip_request_headers: DEFAULT_STRIPPED_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            debug_headers: false,
         }
     }
 }
@@ -204,6 +345,9 @@ pub struct Settings {
     pub max_object_size: u64,
     pub max_variants: usize,
     pub forward_targeted_fields: bool,
+    pub key_rules: KeyRules,
+    pub strip_request_headers: Vec<HeaderName>,
+    pub debug_headers: bool,
     /// What was validated, for display.
     pub file: ConfigFile,
 }
@@ -212,6 +356,246 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn header_names(names: &[String], key: &str) -> Result<Vec<HeaderName>, ConfigError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            HeaderName::from_bytes(n.trim().as_bytes()).map_err(|_| {
+                err(
+                    format!("{key}[{i}]"),
+                    format!("`{n}` is not a valid header name"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn query_patterns(params: &[String], key: &str) -> Result<Vec<NamePattern>, ConfigError> {
+    params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let body = p.strip_suffix('*').unwrap_or(p);
+            if body.is_empty() || body.contains(['*', '&', '=', '#', ' ']) {
+                return Err(err(
+                    format!("{key}[{i}]"),
+                    format!("`{p}` is not a parameter name or `prefix*` pattern"),
+                ));
+            }
+            Ok(NamePattern::new(p))
+        })
+        .collect()
+}
+
+fn is_cookie_name(s: &str) -> bool {
+    is_token(s)
+}
+
+fn vary_rules(
+    v: &VarySection,
+    allow_private: &[String],
+    allow_key: &str,
+) -> Result<VaryRules, ConfigError> {
+    let mut normalizers = Vec::new();
+    for (i, n) in v.normalizers.iter().enumerate() {
+        let key = |k: &str| format!("vary.normalizers[{i}].{k}");
+        let name = HeaderName::from_bytes(n.header.as_bytes()).map_err(|_| {
+            err(
+                key("header"),
+                format!("`{}` is not a valid header name", n.header),
+            )
+        })?;
+        let normalizer = match n.kind {
+            NormalizerKind::Encoding => {
+                if name != http::header::ACCEPT_ENCODING {
+                    return Err(err(
+                        key("kind"),
+                        "the `encoding` normalizer applies to Accept-Encoding only",
+                    ));
+                }
+                Normalizer::Encoding
+            }
+            NormalizerKind::Language => {
+                if n.languages.is_empty() {
+                    return Err(err(
+                        key("languages"),
+                        "the `language` normalizer needs a list of languages",
+                    ));
+                }
+                for (j, l) in n.languages.iter().enumerate() {
+                    if l.is_empty() || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                        return Err(err(
+                            format!("vary.normalizers[{i}].languages[{j}]"),
+                            format!("`{l}` is not a language tag"),
+                        ));
+                    }
+                }
+                let default = n.default.clone().unwrap_or_else(|| n.languages[0].clone());
+                if !n.languages.contains(&default) {
+                    return Err(err(
+                        key("default"),
+                        format!("`{default}` is not one of the languages"),
+                    ));
+                }
+                Normalizer::Language {
+                    languages: n.languages.clone(),
+                    default,
+                }
+            }
+        };
+        if normalizers.iter().any(|(h, _)| *h == name) {
+            return Err(err(
+                key("header"),
+                format!("`{}` has two normalizers", n.header),
+            ));
+        }
+        normalizers.push((name, normalizer));
+    }
+    let allow = header_names(allow_private, allow_key)?;
+    for (i, h) in allow.iter().enumerate() {
+        if !is_private_vary(h) {
+            return Err(err(
+                format!("{allow_key}[{i}]"),
+                "only cookie, authorization and user-agent need allowing",
+            ));
+        }
+    }
+    Ok(VaryRules {
+        normalizers,
+        allow_private: allow,
+    })
+}
+
+fn key_rule(
+    base: &KeySection,
+    route: Option<(&RouteSection, usize)>,
+    vary: VaryRules,
+) -> Result<KeyRule, ConfigError> {
+    let prefix = match route {
+        Some((_, i)) => format!("routes[{i}]."),
+        None => "key.".to_string(),
+    };
+    let r = route.map(|(r, _)| r);
+    let pick = |o: Option<&Vec<String>>, d: &Vec<String>| o.cloned().unwrap_or_else(|| d.clone());
+    let query_mode = r.and_then(|r| r.query_mode).unwrap_or(base.query_mode);
+    let params = pick(r.and_then(|r| r.query_params.as_ref()), &base.query_params);
+    let patterns = query_patterns(&params, &format!("{prefix}query_params"))?;
+    let query = match query_mode {
+        QueryMode::Drop => QueryRule::Drop(patterns),
+        QueryMode::Allow => QueryRule::Allow(patterns),
+    };
+    let headers = header_names(
+        &pick(r.and_then(|r| r.headers.as_ref()), &base.headers),
+        &format!("{prefix}headers"),
+    )?;
+    let fold = header_names(
+        &pick(
+            r.and_then(|r| r.headers_fold_case.as_ref()),
+            &base.headers_fold_case,
+        ),
+        &format!("{prefix}headers_fold_case"),
+    )?;
+    for (i, f) in fold.iter().enumerate() {
+        if !headers.contains(f) {
+            return Err(err(
+                format!("{prefix}headers_fold_case[{i}]"),
+                format!("`{f}` is not in {prefix}headers"),
+            ));
+        }
+    }
+    let cookies = pick(r.and_then(|r| r.cookies.as_ref()), &base.cookies);
+    for (i, c) in cookies.iter().enumerate() {
+        if !is_cookie_name(c) {
+            return Err(err(
+                format!("{prefix}cookies[{i}]"),
+                format!("`{c}` is not a cookie name"),
+            ));
+        }
+    }
+    let max_value_bytes = r
+        .and_then(|r| r.max_value_bytes)
+        .unwrap_or(base.max_value_bytes);
+    if !(1..=4096).contains(&max_value_bytes) {
+        return Err(err(
+            format!("{prefix}max_value_bytes"),
+            "must be between 1 and 4096",
+        ));
+    }
+    let host = match r.and_then(|r| r.host.as_deref()) {
+        None => HostMatch::Any,
+        Some(h) => {
+            let (wild, name) = match h.strip_prefix("*.") {
+                Some(rest) => (true, rest),
+                None => (false, h),
+            };
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':')
+                && !name.starts_with('.')
+                && !name.contains("..");
+            if !valid {
+                return Err(err(
+                    format!("{prefix}host"),
+                    format!("`{h}` is not a host name or `*.domain` pattern"),
+                ));
+            }
+            let name = crate::key::normalize_host(name, "http");
+            if wild {
+                HostMatch::Suffix(name)
+            } else {
+                HostMatch::Exact(name)
+            }
+        }
+    };
+    let path_prefix = r
+        .and_then(|r| r.path_prefix.clone())
+        .unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/') || path_prefix.contains(['?', '#', ' ', '*']) {
+        return Err(err(
+            format!("{prefix}path_prefix"),
+            format!("`{path_prefix}` must be a path starting with `/` (no query, no wildcards)"),
+        ));
+    }
+    Ok(KeyRule {
+        host,
+        path_prefix,
+        sort_query: r.and_then(|r| r.sort_query).unwrap_or(base.sort_query),
+        query,
+        headers: headers
+            .iter()
+            .map(|h| KeyHeader {
+                name: h.clone(),
+                fold_case: fold.contains(h),
+            })
+            .collect(),
+        cookies,
+        max_value_bytes,
+        vary,
+    })
+}
+
+fn key_rules(file: &ConfigFile) -> Result<KeyRules, ConfigError> {
+    let global_vary = vary_rules(&file.vary, &file.vary.allow_private, "vary.allow_private")?;
+    let default = key_rule(&file.key, None, global_vary.clone())?;
+    let mut routes = Vec::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        if r.host.is_none() && r.path_prefix.is_none() {
+            return Err(err(
+                format!("routes[{i}]"),
+                "a route needs `host` and/or `path_prefix`",
+            ));
+        }
+        let vary = match &r.vary_allow_private {
+            Some(list) => vary_rules(&file.vary, list, &format!("routes[{i}].vary_allow_private"))?,
+            None => global_vary.clone(),
+        };
+        routes.push(key_rule(&file.key, Some((r, i)), vary)?);
+    }
+    Ok(KeyRules { routes, default })
 }
 
 impl Settings {
@@ -362,6 +746,12 @@ impl Settings {
             max_object_size: c.max_object_size.as_u64(),
             max_variants: c.max_variants,
             forward_targeted_fields: c.forward_targeted_fields,
+            key_rules: key_rules(&file)?,
+            strip_request_headers: header_names(
+                &s.strip_request_headers,
+                "server.strip_request_headers",
+            )?,
+            debug_headers: s.debug_headers,
             file,
         })
     }
@@ -420,6 +810,16 @@ mod tests {
                 "origins[0].foo",
             ),
             ("", "origins"),
+            ("[vary]\nnormalizers = [{ header = \"accept\", kind = \"magic\" }]\n", "vary.normalizers[0].kind"),
+            ("[vary]\nnormalizers = [{ header = \"accept-language\", kind = \"language\" }]\n[[origins]]\nurl=\"http://a\"\n", "vary.normalizers[0].languages"),
+            ("[vary]\nallow_private = [\"accept\"]\n[[origins]]\nurl=\"http://a\"\n", "vary.allow_private[0]"),
+            ("[[routes]]\npath_prefix = \"shop\"\n[[origins]]\nurl=\"http://a\"\n", "routes[0].path_prefix"),
+            ("[[routes]]\nhost = \"**.bad\"\n[[origins]]\nurl=\"http://a\"\n", "routes[0].host"),
+            ("[[routes]]\nsort_query = false\n[[origins]]\nurl=\"http://a\"\n", "routes[0]"),
+            ("[[routes]]\nhost = \"a.b\"\nquery_params = [\"a=b\"]\n[[origins]]\nurl=\"http://a\"\n", "routes[0].query_params[0]"),
+            ("[key]\nheaders = [\"bad header\"]\n[[origins]]\nurl=\"http://a\"\n", "key.headers[0]"),
+            ("[key]\nheaders_fold_case = [\"x-a\"]\n[[origins]]\nurl=\"http://a\"\n", "key.headers_fold_case[0]"),
+            ("[key]\nquery_mode = \"sometimes\"\n", "key.query_mode"),
         ];
         for (text, key) in cases {
             let e = check(text).expect_err(text);
@@ -428,6 +828,29 @@ mod tests {
         }
         let e = check("[server]\nlisen = 1\n").unwrap_err();
         assert!(e.reason.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn routes_inherit_from_key() {
+        let s = check(
+            "[key]\nheaders = [\"X-Exp\"]\ncookies = [\"seg\"]\n\
+             [[routes]]\nhost = \"*.example.com\"\npath_prefix = \"/shop\"\nquery_mode = \"allow\"\nquery_params = [\"page\"]\n\
+             [[origins]]\nurl = \"http://a\"\n",
+        )
+        .unwrap();
+        let r = &s.key_rules.routes[0];
+        assert_eq!(r.host, HostMatch::Suffix("example.com".into()));
+        assert_eq!(r.query, QueryRule::Allow(vec![NamePattern::new("page")]));
+        assert_eq!(r.headers.len(), 1);
+        assert_eq!(r.cookies, vec!["seg".to_string()]);
+        assert!(std::ptr::eq(
+            s.key_rules.rule_for("www.example.com", "/shop/1"),
+            r
+        ));
+        assert!(!std::ptr::eq(
+            s.key_rules.rule_for("www.example.com", "/blog"),
+            r
+        ));
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! Cache keys: the primary key of a request (RFC 9111 §2: method-independent for
-//! GET/HEAD, built from the target URI) and the Vary variant selectors (§4.1).
-//! Pure functions.
+//! GET/HEAD, built from the target URI plus what the route's key rule adds) and
+//! the Vary variant selectors (§4.1). Pure functions.
+//!
+//! The full key looks like `http://host/path?a=1&b=2` followed by one line per
+//! keyed header (`\nh:x-experiment-id=b`) and keyed cookie (`\nc:user_segment=vip`).
+//! Normalization never changes meaning: percent-escapes of unreserved characters
+//! are decoded, other escapes get upper-case hex (RFC 3986 §6.2.2), invalid escapes
+//! are kept as they are.
 
-use http::header::{HeaderMap, HeaderName, VARY};
+use http::header::{HeaderMap, HeaderName, COOKIE, VARY};
 use xxhash_rust::xxh3::xxh3_128;
+
+use crate::vary::VaryRules;
 
 /// A primary cache key: the full normalized key (kept to guard against digest
 /// collisions) and its 128-bit digest (what the store indexes by).
@@ -19,6 +27,142 @@ impl CacheKey {
             digest: xxh3_128(full.as_bytes()),
             full: full.into_boxed_str(),
         }
+    }
+}
+
+/// A query parameter name pattern: exact, or a prefix ending in `*` (`utm_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern {
+    text: String,
+    prefix: bool,
+}
+
+impl NamePattern {
+    pub fn new(pattern: &str) -> NamePattern {
+        match pattern.strip_suffix('*') {
+            Some(p) => NamePattern {
+                text: p.to_string(),
+                prefix: true,
+            },
+            None => NamePattern {
+                text: pattern.to_string(),
+                prefix: false,
+            },
+        }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        if self.prefix {
+            name.starts_with(&self.text)
+        } else {
+            name == self.text
+        }
+    }
+}
+
+/// Which query parameters take part in the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryRule {
+    /// All parameters except those matching a pattern.
+    Drop(Vec<NamePattern>),
+    /// Only the parameters matching a pattern.
+    Allow(Vec<NamePattern>),
+}
+
+/// Which requests a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Exact (normalized) host.
+    Exact(String),
+    /// `*.example.com`: any subdomain of it (not the apex).
+    Suffix(String),
+}
+
+impl HostMatch {
+    fn matches(&self, host: &str) -> bool {
+        let name = host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h);
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => h == host || h == name,
+            HostMatch::Suffix(s) => {
+                name.len() > s.len() + 1
+                    && name.ends_with(s.as_str())
+                    && name.as_bytes()[name.len() - s.len() - 1] == b'.'
+            }
+        }
+    }
+}
+
+/// A request header that is part of the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHeader {
+    pub name: HeaderName,
+    /// Values differing only in ASCII case share an entry.
+    pub fold_case: bool,
+}
+
+/// How keys are built for the requests a route matches (validated config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRule {
+    pub host: HostMatch,
+    pub path_prefix: String,
+    pub sort_query: bool,
+    pub query: QueryRule,
+    pub headers: Vec<KeyHeader>,
+    pub cookies: Vec<String>,
+    /// Keyed header and cookie values are cut to this many bytes.
+    pub max_value_bytes: usize,
+    /// Vary handling for responses on this route.
+    pub vary: VaryRules,
+}
+
+/// The default tracking parameters dropped from keys.
+pub const DEFAULT_DROPPED_PARAMS: &[&str] = &["utm_*", "gclid", "fbclid", "mc_cid", "mc_eid"];
+
+impl Default for KeyRule {
+    fn default() -> Self {
+        KeyRule {
+            host: HostMatch::Any,
+            path_prefix: "/".into(),
+            sort_query: true,
+            query: QueryRule::Drop(
+                DEFAULT_DROPPED_PARAMS
+                    .iter()
+                    .map(|p| NamePattern::new(p))
+                    .collect(),
+            ),
+            headers: Vec::new(),
+            cookies: Vec::new(),
+            max_value_bytes: 256,
+            vary: VaryRules::default(),
+        }
+    }
+}
+
+impl KeyRule {
+    pub fn matches(&self, host: &str, path: &str) -> bool {
+        self.host.matches(host) && path.starts_with(self.path_prefix.as_str())
+    }
+}
+
+/// The routes' key rules, first match wins, and the default rule.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRules {
+    pub routes: Vec<KeyRule>,
+    pub default: KeyRule,
+}
+
+impl KeyRules {
+    /// The rule for a request (`host` already normalized).
+    pub fn rule_for(&self, host: &str, path: &str) -> &KeyRule {
+        self.routes
+            .iter()
+            .find(|r| r.matches(host, path))
+            .unwrap_or(&self.default)
     }
 }
 
@@ -41,23 +185,192 @@ pub fn normalize_host(host: &str, scheme: &str) -> String {
     }
 }
 
-/// The primary key for a request: `scheme://host/path?query`. An empty query
-/// and a lone `?` are the same resource for the cache.
-pub fn primary_key(scheme: &str, host: &str, path_and_query: &str) -> CacheKey {
-    let host = normalize_host(host, scheme);
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Percent-encoding normalization (RFC 3986 §6.2.2.1-2): `%7e` → `~`, `%2f` → `%2F`.
+/// Invalid escapes (`%zz`, a trailing `%4`) are copied as they are.
+pub fn normalize_percent(input: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let b = input.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                let v = h * 16 + l;
+                if is_unreserved(v) {
+                    out.push(v as char);
+                } else {
+                    out.push('%');
+                    out.push(HEX[h as usize] as char);
+                    out.push(HEX[l as usize] as char);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        // Copy one whole character.
+        let len = match b[i] {
+            0x00..=0x7f => 1,
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            _ => 4,
+        };
+        let end = (i + len).min(b.len());
+        out.push_str(input.get(i..end).unwrap_or("\u{fffd}"));
+        i = end;
+    }
+}
+
+/// Decoded parameter name, for matching against patterns (`utm%5Fsource` is `utm_source`).
+fn param_name(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains('%') && !raw.contains('+') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut s = String::with_capacity(raw.len());
+    let b = raw.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    bytes.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+                _ => bytes.push(b'%'),
+            },
+            b'+' => bytes.push(b' '),
+            c => bytes.push(c),
+        }
+        i += 1;
+    }
+    s.push_str(&String::from_utf8_lossy(&bytes));
+    std::borrow::Cow::Owned(s)
+}
+
+/// The normalized query: empty pairs dropped, parameters filtered by the rule,
+/// sorted by name then value when the rule says so (stable otherwise).
+pub fn normalize_query(query: &str, rule: &KeyRule, out: &mut String) {
+    let mut params: Vec<(std::borrow::Cow<'_, str>, &str)> = Vec::new();
+    for pair in query.split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let raw_name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        let name = param_name(raw_name);
+        let keep = match &rule.query {
+            QueryRule::Drop(patterns) => !patterns.iter().any(|p| p.matches(&name)),
+            QueryRule::Allow(patterns) => patterns.iter().any(|p| p.matches(&name)),
+        };
+        if keep {
+            params.push((name, pair));
+        }
+    }
+    if rule.sort_query {
+        params.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    }
+    for (i, (_, pair)) in params.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        normalize_percent(pair, out);
+    }
+}
+
+/// A keyed value: trimmed, whitespace folded, case folded if asked, cut to `max` bytes.
+fn push_key_value(out: &mut String, raw: &[u8], fold_case: bool, max: usize) {
+    let start = out.len();
+    let mut last_space = false;
+    for &b in raw.trim_ascii() {
+        if out.len() - start >= max {
+            break;
+        }
+        let space = b == b' ' || b == b'\t';
+        if space && last_space {
+            continue;
+        }
+        last_space = space;
+        let b = if fold_case { b.to_ascii_lowercase() } else { b };
+        // Keep the key text printable: escape control and non-ASCII bytes.
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` field lines.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    for line in headers.get_all(COOKIE) {
+        for pair in line.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            if let Some(eq) = pair.iter().position(|b| *b == b'=') {
+                if &pair[..eq] == name.as_bytes() {
+                    let v = pair[eq + 1..].trim_ascii();
+                    let v = v
+                        .strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(v);
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The primary key for a request: `scheme://host/path?query` normalized, plus the
+/// rule's keyed headers and cookies. An empty query and a lone `?` are the same.
+pub fn primary_key(
+    rule: &KeyRule,
+    scheme: &str,
+    host: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> CacheKey {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, q),
         None => (path_and_query, ""),
     };
     let path = if path.is_empty() { "/" } else { path };
-    let mut full = String::with_capacity(scheme.len() + host.len() + path_and_query.len() + 8);
+    let mut full = String::with_capacity(scheme.len() + host.len() + path_and_query.len() + 16);
     full.push_str(scheme);
     full.push_str("://");
-    full.push_str(&host);
-    full.push_str(path);
-    if !query.is_empty() {
-        full.push('?');
-        full.push_str(query);
+    full.push_str(host);
+    normalize_percent(path, &mut full);
+    normalize_query(query, rule, &mut full);
+    for h in &rule.headers {
+        full.push_str("\nh:");
+        full.push_str(h.name.as_str());
+        let mut lines = headers.get_all(&h.name).iter().peekable();
+        if lines.peek().is_some() {
+            full.push('=');
+            for (i, v) in lines.enumerate() {
+                if i > 0 {
+                    full.push(',');
+                }
+                push_key_value(&mut full, v.as_bytes(), h.fold_case, rule.max_value_bytes);
+            }
+        }
+    }
+    for c in &rule.cookies {
+        full.push_str("\nc:");
+        full.push_str(c);
+        if let Some(v) = cookie_value(headers, c) {
+            full.push('=');
+            push_key_value(&mut full, v, false, rule.max_value_bytes);
+        }
     }
     CacheKey::new(full)
 }
@@ -82,40 +395,8 @@ pub fn vary_names(res: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(names)
 }
 
-/// The normalized value of one request field for Vary matching: field lines
-/// combined with ", ", whitespace runs folded to one space (§4.1 allows both).
-pub fn vary_value(req: &HeaderMap, name: &HeaderName) -> Option<Box<[u8]>> {
-    let mut lines = req.get_all(name).iter().peekable();
-    lines.peek()?;
-    let mut out = Vec::new();
-    for (i, line) in lines.enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b", ");
-        }
-        let mut last_space = false;
-        for &b in line.as_bytes().trim_ascii() {
-            let space = b == b' ' || b == b'\t';
-            if space {
-                if !last_space {
-                    out.push(b' ');
-                }
-            } else {
-                // Fold "a , b" and "a,b" into "a, b".
-                if b == b',' && last_space {
-                    out.pop();
-                }
-                out.push(b);
-            }
-            last_space = space || b == b',';
-            if b == b',' {
-                out.push(b' ');
-            }
-        }
-    }
-    Some(out.into_boxed_slice())
-}
-
-/// The request side of a stored variant: the varied fields and their values.
+/// The request side of a stored variant: the varied fields and their normalized
+/// values (see [`crate::vary::vary_value`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Variant {
     pub fields: Vec<(HeaderName, Option<Box<[u8]>>)>,
@@ -126,7 +407,7 @@ impl Variant {
         Variant {
             fields: names
                 .iter()
-                .map(|n| (n.clone(), vary_value(req, n)))
+                .map(|n| (n.clone(), crate::vary::vary_value(req, n)))
                 .collect(),
         }
     }
@@ -135,7 +416,7 @@ impl Variant {
     pub fn matches(&self, req: &HeaderMap) -> bool {
         self.fields
             .iter()
-            .all(|(name, value)| vary_value(req, name).as_deref() == value.as_deref())
+            .all(|(name, value)| crate::vary::vary_value(req, name).as_deref() == value.as_deref())
     }
 
     pub fn same_names(&self, other: &Variant) -> bool {
@@ -153,12 +434,38 @@ impl Variant {
             .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, |v| v.len()) + 16)
             .sum()
     }
+
+    /// `accept-language=en; accept-encoding=gzip` (for debug headers).
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for (i, (n, v)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                s.push_str("; ");
+            }
+            s.push_str(n.as_str());
+            s.push('=');
+            match v {
+                Some(v) => s.push_str(&String::from_utf8_lossy(v)),
+                None => s.push_str("(absent)"),
+            }
+        }
+        if s.is_empty() {
+            s.push_str("(no vary)");
+        }
+        s
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    fn key(rule: &KeyRule, pq: &str) -> String {
+        primary_key(rule, "http", "a", pq, &HeaderMap::new())
+            .full
+            .to_string()
+    }
 
     #[test]
     fn host_normalization() {
@@ -175,34 +482,126 @@ mod tests {
     }
 
     #[test]
-    fn empty_query_is_no_query() {
-        assert_eq!(
-            primary_key("http", "a", "/x?"),
-            primary_key("http", "a", "/x")
-        );
-        assert_ne!(
-            primary_key("http", "a", "/x?a=1"),
-            primary_key("http", "a", "/x")
-        );
-        assert_eq!(
-            primary_key("http", "A:80", ""),
-            primary_key("http", "a", "/")
-        );
+    fn path_percent_normalization() {
+        let cases = [
+            ("/a%7eb", "/a~b"),
+            ("/a%7Eb", "/a~b"),
+            ("/%41%42", "/AB"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/%zz", "/%zz"),
+            ("/%4", "/%4"),
+            ("/%", "/%"),
+            ("/%e2%82%ac", "/%E2%82%AC"),
+            ("/ümlaut", "/ümlaut"),
+        ];
+        for (input, want) in cases {
+            let mut out = String::new();
+            normalize_percent(input, &mut out);
+            assert_eq!(out, want, "{input}");
+        }
     }
 
     #[test]
-    fn vary_values_are_folded() {
-        let mut a = HeaderMap::new();
-        a.append("accept-language", HeaderValue::from_static("en ,  fr"));
-        let mut b = HeaderMap::new();
-        b.append("accept-language", HeaderValue::from_static("en"));
-        b.append("accept-language", HeaderValue::from_static("fr"));
-        let name = HeaderName::from_static("accept-language");
-        assert_eq!(vary_value(&a, &name), vary_value(&b, &name));
-        assert_eq!(vary_value(&a, &name).as_deref(), Some(&b"en, fr"[..]));
-        let v = Variant::of(&a, std::slice::from_ref(&name));
-        assert!(v.matches(&b));
-        assert!(!v.matches(&HeaderMap::new()));
+    fn query_normalization() {
+        let rule = KeyRule::default();
+        assert_eq!(key(&rule, "/x?b=2&a=1"), "http://a/x?a=1&b=2");
+        assert_eq!(
+            key(
+                &rule,
+                "/x?a=1&b=2&utm_source=n&gclid=z&fbclid=q&mc_cid=1&mc_eid=2"
+            ),
+            "http://a/x?a=1&b=2"
+        );
+        assert_eq!(key(&rule, "/x?utm%5Fsource=n&a=1"), "http://a/x?a=1");
+        assert_eq!(key(&rule, "/x?"), "http://a/x");
+        assert_eq!(key(&rule, "/x?&&"), "http://a/x");
+        assert_eq!(key(&rule, "/x?a=%7e"), "http://a/x?a=~");
+        assert_eq!(key(&rule, "/x?a=2&a=1"), "http://a/x?a=1&a=2");
+        let unsorted = KeyRule {
+            sort_query: false,
+            ..KeyRule::default()
+        };
+        assert_eq!(key(&unsorted, "/x?b=2&a=1"), "http://a/x?b=2&a=1");
+        let allow = KeyRule {
+            query: QueryRule::Allow(vec![NamePattern::new("page"), NamePattern::new("f_*")]),
+            ..KeyRule::default()
+        };
+        assert_eq!(
+            key(&allow, "/x?z=1&page=2&f_color=red&session=9"),
+            "http://a/x?f_color=red&page=2"
+        );
+        assert_eq!(key(&allow, "/x?z=1"), "http://a/x");
+    }
+
+    #[test]
+    fn keyed_headers_and_cookies() {
+        let rule = KeyRule {
+            headers: vec![KeyHeader {
+                name: HeaderName::from_static("x-experiment-id"),
+                fold_case: true,
+            }],
+            cookies: vec!["user_segment".into()],
+            max_value_bytes: 8,
+            ..KeyRule::default()
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-experiment-id",
+            HeaderValue::from_static("  Blue   Team "),
+        );
+        h.insert(
+            "cookie",
+            HeaderValue::from_static("session=abc; user_segment=\"vip\"; other=1"),
+        );
+        let k = primary_key(&rule, "http", "a", "/", &h);
+        assert_eq!(
+            &*k.full,
+            "http://a/\nh:x-experiment-id=blue tea\nc:user_segment=vip"
+        );
+        // Absent values are distinct from empty ones, and control bytes are escaped.
+        let k = primary_key(&rule, "http", "a", "/", &HeaderMap::new());
+        assert_eq!(&*k.full, "http://a/\nh:x-experiment-id\nc:user_segment");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-experiment-id",
+            HeaderValue::from_bytes(b"a\xffb%").unwrap(),
+        );
+        let k = primary_key(&rule, "http", "a", "/", &h);
+        assert!(k.full.contains("=a%FFb%25"), "{}", k.full);
+    }
+
+    #[test]
+    fn huge_values_are_bounded() {
+        let rule = KeyRule {
+            cookies: vec!["c".into()],
+            ..KeyRule::default()
+        };
+        let mut h = HeaderMap::new();
+        let big = format!("c={}", "x".repeat(100_000));
+        h.insert("cookie", HeaderValue::from_str(&big).unwrap());
+        let k = primary_key(&rule, "http", "a", "/", &h);
+        assert!(k.full.len() < 400);
+    }
+
+    #[test]
+    fn route_matching() {
+        let shop = KeyRule {
+            host: HostMatch::Suffix("example.com".into()),
+            path_prefix: "/shop".into(),
+            ..KeyRule::default()
+        };
+        assert!(shop.matches("www.example.com", "/shop/x"));
+        assert!(shop.matches("www.example.com:8080", "/shop"));
+        assert!(!shop.matches("example.com", "/shop"));
+        assert!(!shop.matches("badexample.com", "/shop"));
+        assert!(!shop.matches("www.example.com", "/blog"));
+        let exact = KeyRule {
+            host: HostMatch::Exact("a.test".into()),
+            ..KeyRule::default()
+        };
+        assert!(exact.matches("a.test", "/"));
+        assert!(!exact.matches("b.test", "/"));
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod outcome;
 pub mod proxy;
 pub mod server;
 pub mod store;
+pub mod vary;

@@ -59,6 +59,8 @@ struct Ctx {
     client: ClientInfo,
     /// The host the client asked for (authority or `Host`), as received.
     host: String,
+    /// The same, normalized (what keys use).
+    host_norm: String,
     key: CacheKey,
     req_dirs: Directives,
 }
@@ -109,7 +111,11 @@ impl Proxy {
             );
         }
 
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // Poisoning vectors go before anything (key, origin) can see them.
+        for name in &s.strip_request_headers {
+            parts.headers.remove(name);
+        }
         let host = parts
             .uri
             .authority()
@@ -122,27 +128,37 @@ impl Proxy {
                     .map(str::to_string)
             })
             .unwrap_or_default();
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let key = key::primary_key(client.scheme, &host, pq);
-        let req_dirs = Directives::from_cache_control(&parts.headers);
+        let host_norm = key::normalize_host(&host, client.scheme);
+        let rule = s.key_rules.rule_for(&host_norm, parts.uri.path());
         let cacheable = (parts.method == Method::GET || parts.method == Method::HEAD)
             && !has_body(&parts.headers);
+        if cacheable {
+            rule.vary.normalize_request(&mut parts.headers);
+        }
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let key = key::primary_key(rule, client.scheme, &host_norm, pq, &parts.headers);
+        let req_dirs = Directives::from_cache_control(&parts.headers);
         let ctx = Ctx {
             parts,
             client,
             host,
+            host_norm,
             key,
             req_dirs,
         };
-        if cacheable {
-            self.cached(ctx).await
+        let mut res = if cacheable {
+            self.cached(&ctx).await
         } else {
-            self.pass(ctx, body).await
+            self.pass(&ctx, body).await
+        };
+        if s.debug_headers {
+            debug_headers(&mut res, &ctx.key);
         }
+        res
     }
 
     /// GET and HEAD: serve from the store, or go forward and maybe store.
-    async fn cached(&self, ctx: Ctx) -> Response<Body> {
+    async fn cached(&self, ctx: &Ctx) -> Response<Body> {
         let now = SystemTime::now();
         let (stale, fwd) = match self.store.lookup(&ctx.key, &ctx.parts.headers) {
             Lookup::Hit(entry) => {
@@ -181,7 +197,7 @@ impl Proxy {
     /// Goes to the origin for a GET/HEAD: a miss, or a validation of `stale`.
     async fn fetch(
         &self,
-        ctx: Ctx,
+        ctx: &Ctx,
         stale: Option<Arc<StoredResponse>>,
         fwd: Fwd,
     ) -> Response<Body> {
@@ -273,10 +289,16 @@ impl Proxy {
             Some(n) if n > self.settings.max_object_size => Err(NotStored::TooLarge),
             _ => Ok(()),
         });
-        let names = match (&verdict, key::vary_names(&rparts.headers)) {
-            (Ok(()), Some(names)) => names,
-            _ => Vec::new(),
-        };
+        let names = key::vary_names(&rparts.headers).unwrap_or_default();
+        // Vary on Cookie/Authorization/User-Agent: one copy per user; only if allowed.
+        let rule = self
+            .settings
+            .key_rules
+            .rule_for(&ctx.host_norm, ctx.parts.uri.path());
+        let verdict = verdict.and_then(|()| match rule.vary.refused(&names) {
+            Some(_) => Err(NotStored::VaryPrivate),
+            None => Ok(()),
+        });
 
         if let Err(reason) = verdict {
             if stale.is_some() && !status.is_server_error() {
@@ -314,6 +336,10 @@ impl Proxy {
             directives: dirs,
             variant: Variant::of(&ctx.parts.headers, &names),
         };
+        let variant_info = self
+            .settings
+            .debug_headers
+            .then(|| VariantInfo(entry.variant.describe()));
         let store = self.store.clone();
         let key = ctx.key.clone();
         let on_complete = move |bytes: Bytes| {
@@ -335,14 +361,18 @@ impl Proxy {
             not_stored: None,
         };
         let ttl = freshness::ttl_secs(lifetime, corrected_initial_age);
-        self.respond_fresh(
+        let mut res = self.respond_fresh(
             &ctx,
             status,
             rparts.headers,
             body::boxed(client_body),
             &outcome,
             Some(ttl),
-        )
+        );
+        if let Some(info) = variant_info {
+            res.extensions_mut().insert(info);
+        }
+        res
     }
 
     /// A 304 answered our validation: update the stored headers (RFC 9111 §3.2,
@@ -416,7 +446,7 @@ impl Proxy {
     }
 
     /// Everything else: forwarded with its body, never stored.
-    async fn pass(&self, ctx: Ctx, body: Incoming) -> Response<Body> {
+    async fn pass(&self, ctx: &Ctx, body: Incoming) -> Response<Body> {
         let upstream = &self.upstreams[0];
         let method = ctx.parts.method.clone();
         let oreq = match self.origin_request(upstream, &ctx, method.clone(), body::boxed(body)) {
@@ -461,7 +491,7 @@ impl Proxy {
     fn same_origin_key(&self, ctx: &Ctx, value: &HeaderValue) -> Option<CacheKey> {
         let v = value.to_str().ok()?.trim();
         if v.starts_with('/') && !v.starts_with("//") {
-            return Some(key::primary_key(ctx.client.scheme, &ctx.host, v));
+            return Some(self.key_for(ctx, &ctx.host_norm, v));
         }
         let uri: Uri = v.parse().ok()?;
         let scheme = uri.scheme_str()?;
@@ -469,13 +499,21 @@ impl Proxy {
         let same = scheme == ctx.client.scheme
             && key::normalize_host(authority, scheme)
                 == key::normalize_host(&ctx.host, ctx.client.scheme);
-        same.then(|| {
-            key::primary_key(
-                scheme,
-                authority,
-                uri.path_and_query().map_or("/", |p| p.as_str()),
-            )
-        })
+        let host = key::normalize_host(authority, scheme);
+        same.then(|| self.key_for(ctx, &host, uri.path_and_query().map_or("/", |p| p.as_str())))
+    }
+
+    /// The key another URL on this proxy would have for this request's headers.
+    fn key_for(&self, ctx: &Ctx, host_norm: &str, path_and_query: &str) -> CacheKey {
+        let path = path_and_query.split('?').next().unwrap_or("/");
+        let rule = self.settings.key_rules.rule_for(host_norm, path);
+        key::primary_key(
+            rule,
+            ctx.client.scheme,
+            host_norm,
+            path_and_query,
+            &ctx.parts.headers,
+        )
     }
 
     /// Builds the request to the origin: its URI, hop-by-hop fields removed, `Host`,
@@ -576,6 +614,21 @@ impl Proxy {
     /// Serves a stored response: 304 for matching conditionals, 206/416 for ranges,
     /// `Age` always (RFC 9111 §5.1).
     fn serve_stored(
+        &self,
+        ctx: &Ctx,
+        entry: &StoredResponse,
+        outcome: Outcome,
+        now: SystemTime,
+    ) -> Response<Body> {
+        let mut res = self.serve_stored_inner(ctx, entry, outcome, now);
+        if self.settings.debug_headers {
+            res.extensions_mut()
+                .insert(VariantInfo(entry.variant.describe()));
+        }
+        res
+    }
+
+    fn serve_stored_inner(
         &self,
         ctx: &Ctx,
         entry: &StoredResponse,
@@ -720,4 +773,22 @@ pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
         headers,
         body::full(Bytes::copy_from_slice(text.as_bytes())),
     )
+}
+
+/// Which stored variant served a response (for `X-Lacquer-Variant`).
+#[derive(Clone)]
+struct VariantInfo(String);
+
+/// `X-Lacquer-Key` / `X-Lacquer-Variant`, with `server.debug_headers = true`.
+fn debug_headers(res: &mut Response<Body>, key: &CacheKey) {
+    let variant = res.extensions_mut().remove::<VariantInfo>();
+    let headers = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&key.full.replace('\n', " | ")) {
+        headers.insert(HeaderName::from_static("x-lacquer-key"), v);
+    }
+    if let Some(VariantInfo(text)) = variant {
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            headers.insert(HeaderName::from_static("x-lacquer-variant"), v);
+        }
+    }
 }

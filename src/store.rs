@@ -7,6 +7,7 @@
 //! Invariants: only complete responses are inserted; a `Vary: *` response is never
 //! inserted; a key never holds more than `max_variants` variants.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -51,17 +52,30 @@ impl StoredResponse {
     }
 }
 
+/// One variant and when it was last used (a store-wide tick, for LRU among variants).
+#[derive(Debug)]
+struct Slot {
+    response: Arc<StoredResponse>,
+    used: AtomicU64,
+}
+
 /// Everything stored under one primary key.
 #[derive(Debug)]
 struct KeyEntry {
     full_key: Box<str>,
     /// Most recently stored first.
-    variants: Vec<Arc<StoredResponse>>,
+    variants: Vec<Slot>,
 }
 
 impl KeyEntry {
     fn weight(&self) -> u32 {
-        let w = self.full_key.len() + 64 + self.variants.iter().map(|v| v.weight()).sum::<usize>();
+        let w = self.full_key.len()
+            + 64
+            + self
+                .variants
+                .iter()
+                .map(|v| v.response.weight())
+                .sum::<usize>();
         u32::try_from(w).unwrap_or(u32::MAX)
     }
 }
@@ -78,6 +92,7 @@ pub enum Lookup {
 pub struct Store {
     cache: Cache<u128, Arc<KeyEntry>>,
     max_variants: usize,
+    tick: AtomicU64,
 }
 
 impl Store {
@@ -89,6 +104,7 @@ impl Store {
         Store {
             cache,
             max_variants,
+            tick: AtomicU64::new(1),
         }
     }
 
@@ -99,20 +115,34 @@ impl Store {
         if entry.full_key != key.full {
             return Lookup::Miss; // digest collision: never serve another URL's content
         }
-        match entry.variants.iter().find(|v| v.variant.matches(req)) {
-            Some(v) => Lookup::Hit(v.clone()),
+        match entry
+            .variants
+            .iter()
+            .find(|v| v.response.variant.matches(req))
+        {
+            Some(v) => {
+                if entry.variants.len() > 1 {
+                    v.used
+                        .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                }
+                Lookup::Hit(v.response.clone())
+            }
             None => Lookup::VaryMiss,
         }
     }
 
     /// Stores a variant. It replaces the variant with the same selecting values; a
     /// different set of Vary names replaces all older variants (the origin changed
-    /// its selection rule). Beyond `max_variants` the oldest goes.
+    /// its selection rule). Beyond `max_variants` the least recently used goes.
     pub fn insert(&self, key: &CacheKey, response: StoredResponse) {
         let response = Arc::new(response);
         let max = self.max_variants;
+        let now = self.tick.fetch_add(1, Ordering::Relaxed);
         self.cache.entry(key.digest).and_upsert_with(|existing| {
-            let mut variants = vec![response.clone()];
+            let mut variants = vec![Slot {
+                response: response.clone(),
+                used: AtomicU64::new(now),
+            }];
             if let Some(old) = existing {
                 let old = old.into_value();
                 if old.full_key == key.full {
@@ -120,13 +150,21 @@ impl Store {
                         old.variants
                             .iter()
                             .filter(|v| {
-                                v.variant.same_names(&response.variant)
-                                    && v.variant != response.variant
+                                v.response.variant.same_names(&response.variant)
+                                    && v.response.variant != response.variant
                             })
-                            .take(max.saturating_sub(1))
-                            .cloned(),
+                            .map(|v| Slot {
+                                response: v.response.clone(),
+                                used: AtomicU64::new(v.used.load(Ordering::Relaxed)),
+                            }),
                     );
                 }
+            }
+            while variants.len() > max {
+                let lru = (1..variants.len())
+                    .min_by_key(|&i| variants[i].used.load(Ordering::Relaxed))
+                    .unwrap_or(0);
+                variants.remove(lru);
             }
             Arc::new(KeyEntry {
                 full_key: key.full.clone(),
@@ -160,7 +198,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::primary_key;
+    use crate::key::{primary_key, KeyRule};
     use http::header::{HeaderName, HeaderValue};
 
     fn stored(variant: Variant, body: &'static str) -> StoredResponse {
@@ -186,7 +224,7 @@ mod tests {
     #[test]
     fn variants_are_selected_replaced_and_capped() {
         let store = Store::new(1 << 20, 2);
-        let key = primary_key("http", "a", "/x");
+        let key = primary_key(&KeyRule::default(), "http", "a", "/x", &HeaderMap::new());
         let names = [HeaderName::from_static("accept-language")];
         assert!(matches!(store.lookup(&key, &req("en")), Lookup::Miss));
         store.insert(&key, stored(Variant::of(&req("en"), &names), "en"));
@@ -196,25 +234,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(store.lookup(&key, &req("de")), Lookup::VaryMiss));
-        // Third variant: cap of 2 drops the oldest ("en").
+        // Third variant: cap of 2 drops the least recently used: "fr" (en was just read).
         store.insert(&key, stored(Variant::of(&req("de"), &names), "de"));
-        assert!(matches!(store.lookup(&key, &req("en")), Lookup::VaryMiss));
-        assert!(matches!(store.lookup(&key, &req("fr")), Lookup::Hit(_)));
+        assert!(matches!(store.lookup(&key, &req("fr")), Lookup::VaryMiss));
+        assert!(matches!(store.lookup(&key, &req("en")), Lookup::Hit(_)));
+        assert!(matches!(store.lookup(&key, &req("de")), Lookup::Hit(_)));
         // A response without Vary replaces the whole selection rule.
         store.insert(&key, stored(Variant::default(), "plain"));
-        match store.lookup(&key, &req("fr")) {
+        match store.lookup(&key, &req("en")) {
             Lookup::Hit(v) => assert_eq!(v.body, "plain"),
             other => panic!("{other:?}"),
         }
         store.invalidate(&key);
-        assert!(matches!(store.lookup(&key, &req("fr")), Lookup::Miss));
+        assert!(matches!(store.lookup(&key, &req("en")), Lookup::Miss));
     }
 
     #[test]
     fn weight_counts_the_body() {
         let store = Store::new(1 << 20, 4);
         store.insert(
-            &primary_key("http", "a", "/big"),
+            &primary_key(&KeyRule::default(), "http", "a", "/big", &HeaderMap::new()),
             stored(Variant::default(), "0123456789"),
         );
         assert!(store.weighted_size() >= 10);
