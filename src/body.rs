@@ -57,6 +57,31 @@ impl HttpBody for ChannelBody {
     }
 }
 
+/// A body that declares its exact length (so that hyper sends `Content-Length`).
+pub struct WithLength<B> {
+    inner: Pin<Box<B>>,
+    len: u64,
+}
+
+impl<B> WithLength<B> {
+    pub fn new(inner: B, len: u64) -> WithLength<B> {
+        WithLength { inner: Box::pin(inner), len }
+    }
+}
+
+impl<B: HttpBody> HttpBody for WithLength<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.inner.as_mut().poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
+}
+
 /// Why a tee did not produce a complete body.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TeeEnd {

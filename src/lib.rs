@@ -4,6 +4,7 @@
 //! life of a request.
 
 pub mod body;
+pub mod coalesce;
 pub mod conditional;
 pub mod config;
 pub mod demo_origin;
