@@ -65,7 +65,10 @@ pub struct WithLength<B> {
 
 impl<B> WithLength<B> {
     pub fn new(inner: B, len: u64) -> WithLength<B> {
-        WithLength { inner: Box::pin(inner), len }
+        WithLength {
+            inner: Box::pin(inner),
+            len,
+        }
     }
 }
 
@@ -73,7 +76,10 @@ impl<B: HttpBody> HttpBody for WithLength<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         self.inner.as_mut().poll_frame(cx)
     }
 

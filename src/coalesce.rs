@@ -26,13 +26,19 @@ use crate::store::StoredResponse;
 #[derive(Clone)]
 pub enum Shared {
     /// A storable response: its head (body empty in `entry`) and the body streaming in.
-    Stored { entry: Arc<StoredResponse>, body: SharedBody },
+    Stored {
+        entry: Arc<StoredResponse>,
+        body: SharedBody,
+    },
     /// A validation answered 304: the refreshed entry, complete.
     Refreshed(Arc<StoredResponse>),
     /// Not shareable: each waiter goes to the origin on its own.
     Uncacheable(NotStored),
     /// The origin failed: answer with this status (or stale content, where allowed).
-    Failed { status: StatusCode, detail: &'static str },
+    Failed {
+        status: StatusCode,
+        detail: &'static str,
+    },
 }
 
 struct Flight {
@@ -62,7 +68,12 @@ impl Flights {
         let (tx, _rx) = watch::channel(None);
         let flight = Arc::new(Flight { tx });
         map.insert(digest, flight.clone());
-        Join::Leader(FlightGuard { flights: self.clone(), digest, flight, published: false })
+        Join::Leader(FlightGuard {
+            flights: self.clone(),
+            digest,
+            flight,
+            published: false,
+        })
     }
 
     /// Number of flights in progress.
@@ -107,7 +118,10 @@ impl FlightGuard {
 impl Drop for FlightGuard {
     fn drop(&mut self) {
         if !self.published {
-            self.flight.tx.send_replace(Some(Shared::Failed { status: StatusCode::BAD_GATEWAY, detail: "fetch-aborted" }));
+            self.flight.tx.send_replace(Some(Shared::Failed {
+                status: StatusCode::BAD_GATEWAY,
+                detail: "fetch-aborted",
+            }));
         }
         self.flights.remove(self.digest, &self.flight);
     }
@@ -147,7 +161,14 @@ pub struct SharedBody {
 impl SharedBody {
     pub fn new(len: Option<u64>) -> SharedBody {
         let (version, _) = watch::channel(0);
-        SharedBody { state: Arc::new(Mutex::new(BodyState { chunks: Vec::new(), end: End::Open })), version, len }
+        SharedBody {
+            state: Arc::new(Mutex::new(BodyState {
+                chunks: Vec::new(),
+                end: End::Open,
+            })),
+            version,
+            len,
+        }
     }
 
     pub fn push(&self, chunk: Bytes) {
@@ -168,38 +189,46 @@ impl SharedBody {
     pub fn reader(&self) -> Body {
         let rx = self.version.subscribe();
         let state = self.state.clone();
-        let stream = futures_util::stream::unfold((state, 0usize, rx, false), |(state, i, mut rx, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                let next = {
-                    let s = state.lock().unwrap_or_else(|e| e.into_inner());
-                    if i < s.chunks.len() {
-                        Some(Ok(s.chunks[i].clone()))
-                    } else {
-                        match s.end {
-                            End::Complete => return None,
-                            End::Failed => Some(Err(())),
-                            End::Open => None,
+        let stream = futures_util::stream::unfold(
+            (state, 0usize, rx, false),
+            |(state, i, mut rx, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let next = {
+                        let s = state.lock().unwrap_or_else(|e| e.into_inner());
+                        if i < s.chunks.len() {
+                            Some(Ok(s.chunks[i].clone()))
+                        } else {
+                            match s.end {
+                                End::Complete => return None,
+                                End::Failed => Some(Err(())),
+                                End::Open => None,
+                            }
                         }
-                    }
-                };
-                match next {
-                    Some(Ok(chunk)) => return Some((Ok::<_, BoxError>(Frame::data(chunk)), (state, i + 1, rx, false))),
-                    Some(Err(())) => {
-                        let e: BoxError = "origin body failed".into();
-                        return Some((Err(e), (state, i, rx, true)));
-                    }
-                    None => {
-                        if rx.changed().await.is_err() {
-                            let e: BoxError = "origin body abandoned".into();
+                    };
+                    match next {
+                        Some(Ok(chunk)) => {
+                            return Some((
+                                Ok::<_, BoxError>(Frame::data(chunk)),
+                                (state, i + 1, rx, false),
+                            ))
+                        }
+                        Some(Err(())) => {
+                            let e: BoxError = "origin body failed".into();
                             return Some((Err(e), (state, i, rx, true)));
+                        }
+                        None => {
+                            if rx.changed().await.is_err() {
+                                let e: BoxError = "origin body abandoned".into();
+                                return Some((Err(e), (state, i, rx, true)));
+                            }
                         }
                     }
                 }
-            }
-        });
+            },
+        );
         let body = http_body_util::StreamBody::new(stream);
         match self.len {
             Some(n) => crate::body::boxed(crate::body::WithLength::new(body, n)),
@@ -240,8 +269,12 @@ mod tests {
     #[tokio::test]
     async fn one_leader_many_waiters_and_a_dropped_guard_still_answers() {
         let flights = Arc::new(Flights::default());
-        let Join::Leader(guard) = flights.join(7) else { panic!("first is leader") };
-        let Join::Waiter(mut rx) = flights.join(7) else { panic!("second waits") };
+        let Join::Leader(guard) = flights.join(7) else {
+            panic!("first is leader")
+        };
+        let Join::Waiter(mut rx) = flights.join(7) else {
+            panic!("second waits")
+        };
         assert_eq!(flights.len(), 1);
         drop(guard);
         assert!(matches!(wait(&mut rx).await, Some(Shared::Failed { .. })));

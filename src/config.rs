@@ -219,8 +219,28 @@ pub struct CacheSection {
     pub targeted_fields: Vec<String>,
     /// Forward the targeted fields downstream too.
     pub forward_targeted_fields: bool,
-    /// Most variants (Vary) kept per URL; beyond it the least recently stored goes.
+    /// Most variants (Vary) kept per URL; beyond it the least recently used goes.
     pub max_variants: usize,
+    /// Serve stale this long past expiry while one background revalidation runs, when
+    /// the response has no `stale-while-revalidate` of its own (RFC 5861).
+    #[serde(with = "humantime_serde")]
+    pub stale_while_revalidate: Duration,
+    /// Serve stale this long past expiry when the origin fails, when neither response
+    /// nor request carries `stale-if-error` (RFC 5861).
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
+    /// Requests waiting on another request's fetch of the same object give up after
+    /// this long with 504.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_wait: Duration,
+    /// A URL whose response could not be shared skips the wait queue for this long
+    /// (Varnish's hit-for-miss); "0s" disables it.
+    #[serde(with = "humantime_serde")]
+    pub uncacheable_ttl: Duration,
+    /// Refresh hot entries in the background during the last part of their
+    /// freshness ("0s" disables): the closer to expiry, the likelier a hit triggers it.
+    #[serde(with = "humantime_serde")]
+    pub early_refresh: Duration,
 }
 
 impl Default for CacheSection {
@@ -235,6 +255,11 @@ impl Default for CacheSection {
             targeted_fields: vec!["CDN-Cache-Control".into()],
             forward_targeted_fields: true,
             max_variants: 32,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            coalesce_wait: Duration::from_secs(15),
+            uncacheable_ttl: Duration::from_secs(30),
+            early_refresh: Duration::ZERO,
         }
     }
 }
@@ -346,6 +371,11 @@ pub struct Settings {
     pub max_variants: usize,
     pub forward_targeted_fields: bool,
     pub key_rules: KeyRules,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    pub coalesce_wait: Duration,
+    pub uncacheable_ttl: Duration,
+    pub early_refresh: Duration,
     pub strip_request_headers: Vec<HeaderName>,
     pub debug_headers: bool,
     /// What was validated, for display.
@@ -657,6 +687,9 @@ impl Settings {
         if c.max_object_size.as_u64() > u64::from(u32::MAX) / 2 {
             return Err(err("cache.max_object_size", "must be below 2 GiB"));
         }
+        if c.coalesce_wait.is_zero() {
+            return Err(err("cache.coalesce_wait", "must be greater than zero"));
+        }
         if c.max_variants == 0 || c.max_variants > 1024 {
             return Err(err("cache.max_variants", "must be between 1 and 1024"));
         }
@@ -747,6 +780,11 @@ impl Settings {
             max_variants: c.max_variants,
             forward_targeted_fields: c.forward_targeted_fields,
             key_rules: key_rules(&file)?,
+            stale_while_revalidate: c.stale_while_revalidate,
+            stale_if_error: c.stale_if_error,
+            coalesce_wait: c.coalesce_wait,
+            uncacheable_ttl: c.uncacheable_ttl,
+            early_refresh: c.early_refresh,
             strip_request_headers: header_names(
                 &s.strip_request_headers,
                 "server.strip_request_headers",

@@ -66,9 +66,18 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&str>,
 ) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+    // Several field lines are one list (RFC 9110 §5.3): keep every one of them.
+    let prev: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let xff = if prev.is_empty() {
+        client.to_string()
+    } else {
+        format!("{}, {client}", prev.join(", "))
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);

@@ -361,6 +361,45 @@ pub fn reuse(
     Reuse::Validate(ValidateReason::Stale)
 }
 
+/// May stale content be served past its freshness? `must-revalidate`,
+/// `proxy-revalidate` and `no-cache` forbid it outright (RFC 9111 §4.2.4).
+fn stale_forbidden(res: &Directives) -> bool {
+    res.must_revalidate || res.proxy_revalidate || res.no_cache
+}
+
+/// The stale-while-revalidate window (RFC 5861 §3): the response's directive, else the
+/// configured default. An explicit directive is honoured even with `s-maxage` (as CDNs
+/// do: the origin asked for it); the configured default is not, since `s-maxage`
+/// carries `proxy-revalidate` semantics for a shared cache (§5.2.2.10).
+pub fn swr_window(res: &Directives, default: Duration) -> Duration {
+    if stale_forbidden(res) {
+        return Duration::ZERO;
+    }
+    match res.stale_while_revalidate {
+        Some(s) => secs(s),
+        None if res.s_maxage.is_some() => Duration::ZERO,
+        None => default,
+    }
+}
+
+/// The stale-if-error window (RFC 5861 §4): the response's or the request's directive
+/// (the larger), else the configured default; same exclusions as [`swr_window`].
+pub fn sie_window(res: &Directives, req: &Directives, default: Duration) -> Duration {
+    if stale_forbidden(res) {
+        return Duration::ZERO;
+    }
+    match (res.stale_if_error, req.stale_if_error) {
+        (None, None) if res.s_maxage.is_some() => Duration::ZERO,
+        (None, None) => default,
+        (a, b) => secs(a.unwrap_or(0).max(b.unwrap_or(0))),
+    }
+}
+
+/// Is a response of this age within `window` past its lifetime?
+pub fn within_stale_window(age: Duration, lifetime: Duration, window: Duration) -> bool {
+    age >= lifetime && age - lifetime <= window && !window.is_zero()
+}
+
 /// Remaining freshness in whole seconds (negative when stale): `Cache-Status; ttl=`.
 pub fn ttl_secs(lifetime: Duration, age: Duration) -> i64 {
     lifetime.as_secs() as i64 - age.as_secs() as i64
@@ -630,6 +669,52 @@ mod tests {
                 "req {req:?} status {status} res {res:?}"
             );
         }
+    }
+
+    #[test]
+    fn stale_windows() {
+        let d = Directives::parse;
+        let z = Duration::ZERO;
+        let s = Duration::from_secs;
+        assert_eq!(
+            swr_window(&d("max-age=1, stale-while-revalidate=30"), z),
+            s(30)
+        );
+        assert_eq!(swr_window(&d("max-age=1"), s(10)), s(10));
+        assert_eq!(
+            swr_window(&d("s-maxage=1, stale-while-revalidate=30"), z),
+            s(30)
+        );
+        assert_eq!(swr_window(&d("s-maxage=1"), s(10)), z);
+        assert_eq!(
+            swr_window(
+                &d("max-age=1, must-revalidate, stale-while-revalidate=30"),
+                z
+            ),
+            z
+        );
+        assert_eq!(swr_window(&d("no-cache, stale-while-revalidate=30"), z), z);
+        assert_eq!(
+            sie_window(&d("max-age=1, stale-if-error=60"), &d(""), z),
+            s(60)
+        );
+        assert_eq!(
+            sie_window(&d("max-age=1"), &d("stale-if-error=90"), z),
+            s(90)
+        );
+        assert_eq!(sie_window(&d("max-age=1"), &d(""), s(5)), s(5));
+        assert_eq!(
+            sie_window(
+                &d("max-age=1, proxy-revalidate, stale-if-error=9"),
+                &d(""),
+                s(5)
+            ),
+            z
+        );
+        assert!(within_stale_window(s(70), s(60), s(10)));
+        assert!(!within_stale_window(s(71), s(60), s(10)));
+        assert!(!within_stale_window(s(50), s(60), s(10)));
+        assert!(!within_stale_window(s(60), s(60), z));
     }
 
     #[test]

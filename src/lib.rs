@@ -9,6 +9,7 @@ pub mod conditional;
 pub mod config;
 pub mod demo_origin;
 pub mod directives;
+pub mod fetch;
 pub mod forward;
 pub mod freshness;
 pub mod key;

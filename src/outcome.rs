@@ -44,13 +44,19 @@ pub enum Outcome {
     /// Served from the store without contacting the origin.
     Hit { stale: bool },
     /// Went to the origin. `stored` says whether the response (or its refreshed
-    /// headers, after a 304) went into the store; `not_stored` says why not.
+    /// headers, after a 304) went into the store; `not_stored` says why not;
+    /// `collapsed` that this request waited on another request's fetch.
     Forward {
         fwd: Fwd,
         fwd_status: u16,
         stored: bool,
         not_stored: Option<NotStored>,
+        collapsed: bool,
     },
+    /// Stale content served at once while one background revalidation runs (RFC 5861 §3).
+    StaleWhileRevalidate,
+    /// Stale content served because the origin failed (RFC 5861 §4).
+    StaleIfError { fwd: Fwd, detail: &'static str },
     /// The origin could not be reached or did not answer in time.
     OriginError { fwd: Fwd, detail: &'static str },
     /// `only-if-cached` and nothing usable is stored (RFC 9111 §5.2.1.7).
@@ -67,11 +73,16 @@ impl Outcome {
                 fwd: Fwd::Method, ..
             } => "pass",
             Outcome::Forward {
+                collapsed: true, ..
+            } => "coalesced",
+            Outcome::Forward {
                 fwd: Fwd::Stale,
                 fwd_status: 304,
                 ..
             } => "revalidated",
             Outcome::Forward { .. } => "miss",
+            Outcome::StaleWhileRevalidate => "stale-swr",
+            Outcome::StaleIfError { .. } => "stale-sie",
             Outcome::OriginError { .. } => "origin-error",
             Outcome::OnlyIfCached => "only-if-cached",
         }
@@ -89,10 +100,14 @@ impl Outcome {
                 fwd_status,
                 stored,
                 not_stored,
+                collapsed,
             } => {
                 let _ = write!(s, "; fwd={}; fwd-status={}", fwd.as_str(), fwd_status);
                 if *stored {
                     s.push_str("; stored");
+                }
+                if *collapsed {
+                    s.push_str("; collapsed");
                 }
                 if let Some(reason) = not_stored {
                     let _ = write!(s, "; detail={}", reason.as_str());
@@ -102,6 +117,17 @@ impl Outcome {
                 let _ = write!(s, "; fwd={}; detail={}", fwd.as_str(), detail);
             }
             Outcome::OnlyIfCached => s.push_str("; detail=only-if-cached"),
+            Outcome::StaleWhileRevalidate => {
+                s.push_str("; fwd=stale; detail=stale-while-revalidate")
+            }
+            Outcome::StaleIfError { fwd, detail } => {
+                let _ = write!(
+                    s,
+                    "; fwd={}; detail=stale-if-error-{}",
+                    fwd.as_str(),
+                    detail
+                );
+            }
         }
         if let Some(ttl) = ttl {
             let _ = write!(s, "; ttl={ttl}");
@@ -143,6 +169,7 @@ mod tests {
             fwd_status: 200,
             stored: true,
             not_stored: None,
+            collapsed: false,
         };
         assert_eq!(
             miss.cache_status("lacquer", Some(60)),
@@ -153,6 +180,7 @@ mod tests {
             fwd_status: 304,
             stored: true,
             not_stored: None,
+            collapsed: false,
         };
         assert_eq!(
             reval.cache_status("lacquer", Some(60)),
@@ -164,6 +192,7 @@ mod tests {
             fwd_status: 200,
             stored: false,
             not_stored: Some(NotStored::Private),
+            collapsed: false,
         };
         assert_eq!(
             private.cache_status("lacquer", None),

@@ -18,21 +18,20 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
-    CONTENT_TYPE, DATE, ETAG, EXPECT, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-    LAST_MODIFIED, LOCATION, RANGE, TRANSFER_ENCODING,
+    CONTENT_TYPE, DATE, EXPECT, HOST, LOCATION, TRANSFER_ENCODING,
 };
-use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use crate::body::{self, Body};
+use crate::coalesce::Flights;
 use crate::conditional::{self, RangeAnswer};
 use crate::config::Settings;
 use crate::directives::Directives;
 use crate::forward;
-use crate::freshness::{self, NotStored, Reuse, ValidateReason};
-use crate::key::{self, CacheKey, Variant};
+use crate::freshness::{self, Reuse, ValidateReason};
+use crate::key::{self, CacheKey};
 use crate::origin::{OriginError, Upstream};
 use crate::outcome::{Fwd, Outcome};
 use crate::store::{Lookup, Store, StoredResponse};
@@ -48,21 +47,29 @@ pub struct ClientInfo {
 }
 
 pub struct Proxy {
-    settings: Arc<Settings>,
-    store: Arc<Store>,
-    upstreams: Vec<Upstream>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) upstreams: Vec<Upstream>,
+    /// Fetches in progress, for coalescing.
+    pub(crate) flights: Arc<Flights>,
+    /// Keys whose responses could not be shared recently (hit-for-miss).
+    pub(crate) uncacheable: moka::sync::Cache<u128, ()>,
 }
 
-/// What a request needs to know about itself along the way.
-struct Ctx {
-    parts: Parts,
-    client: ClientInfo,
+/// What a request needs to know about itself along the way (its body excepted).
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub client: ClientInfo,
     /// The host the client asked for (authority or `Host`), as received.
-    host: String,
+    pub host: String,
     /// The same, normalized (what keys use).
-    host_norm: String,
-    key: CacheKey,
-    req_dirs: Directives,
+    pub host_norm: String,
+    pub key: CacheKey,
+    pub req_dirs: Directives,
 }
 
 impl Proxy {
@@ -74,10 +81,20 @@ impl Proxy {
             .cloned()
             .map(Upstream::new)
             .collect();
+        let uncacheable = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(
+                settings
+                    .uncacheable_ttl
+                    .max(std::time::Duration::from_millis(1)),
+            )
+            .build();
         Arc::new(Proxy {
             settings: Arc::new(settings),
             store,
             upstreams,
+            flights: Arc::new(Flights::default()),
+            uncacheable,
         })
     }
 
@@ -111,6 +128,14 @@ impl Proxy {
             );
         }
 
+        // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host line.
+        if req.version() == Version::HTTP_11 && req.headers().get_all(HOST).iter().count() != 1 {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: exactly one Host header is required\n",
+            );
+        }
+
         let (mut parts, body) = req.into_parts();
         // Poisoning vectors go before anything (key, origin) can see them.
         for name in &s.strip_request_headers {
@@ -139,7 +164,10 @@ impl Proxy {
         let key = key::primary_key(rule, client.scheme, &host_norm, pq, &parts.headers);
         let req_dirs = Directives::from_cache_control(&parts.headers);
         let ctx = Ctx {
-            parts,
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
             client,
             host,
             host_norm,
@@ -158,9 +186,9 @@ impl Proxy {
     }
 
     /// GET and HEAD: serve from the store, or go forward and maybe store.
-    async fn cached(&self, ctx: &Ctx) -> Response<Body> {
+    async fn cached(self: &Arc<Self>, ctx: &Ctx) -> Response<Body> {
         let now = SystemTime::now();
-        let (stale, fwd) = match self.store.lookup(&ctx.key, &ctx.parts.headers) {
+        let (stale, fwd) = match self.store.lookup(&ctx.key, &ctx.headers) {
             Lookup::Hit(entry) => {
                 let age = entry.age(now);
                 match freshness::reuse(
@@ -171,10 +199,26 @@ impl Proxy {
                     &self.settings.policy,
                 ) {
                     Reuse::Fresh => {
-                        return self.serve_stored(&ctx, &entry, Outcome::Hit { stale: false }, now)
+                        self.maybe_refresh_early(ctx, &entry, age);
+                        return self.serve_stored(ctx, &entry, Outcome::Hit { stale: false }, now);
                     }
                     Reuse::StaleAccepted => {
-                        return self.serve_stored(&ctx, &entry, Outcome::Hit { stale: true }, now)
+                        return self.serve_stored(ctx, &entry, Outcome::Hit { stale: true }, now)
+                    }
+                    Reuse::Validate(ValidateReason::Stale)
+                        if !ctx.req_dirs.only_if_cached
+                            && freshness::within_stale_window(
+                                age,
+                                entry.lifetime,
+                                freshness::swr_window(
+                                    &entry.directives,
+                                    self.settings.stale_while_revalidate,
+                                ),
+                            ) =>
+                    {
+                        // RFC 5861 §3: serve stale now, revalidate once in the background.
+                        self.background_revalidate(ctx, entry.clone());
+                        return self.serve_stored(ctx, &entry, Outcome::StaleWhileRevalidate, now);
                     }
                     Reuse::Validate(ValidateReason::Request) => (Some(entry), Fwd::Request),
                     Reuse::Validate(_) => (Some(entry), Fwd::Stale),
@@ -194,261 +238,29 @@ impl Proxy {
         self.fetch(ctx, stale, fwd).await
     }
 
-    /// Goes to the origin for a GET/HEAD: a miss, or a validation of `stale`.
-    async fn fetch(
-        &self,
+    /// Early refresh: during the last `early_refresh` of an entry's freshness, a hit
+    /// triggers a background revalidation with a probability that grows towards
+    /// expiry, so hot objects are refreshed before anyone has to wait for them.
+    fn maybe_refresh_early(
+        self: &Arc<Self>,
         ctx: &Ctx,
-        stale: Option<Arc<StoredResponse>>,
-        fwd: Fwd,
-    ) -> Response<Body> {
-        let policy = &self.settings.policy;
-        let upstream = &self.upstreams[0];
-        // A range request on a miss is forwarded as is and not stored.
-        let range_pass = stale.is_none() && ctx.parts.headers.contains_key(RANGE);
-        let method = if range_pass {
-            ctx.parts.method.clone()
-        } else {
-            Method::GET
-        };
-        let mut oreq = match self.origin_request(upstream, &ctx, method, body::empty()) {
-            Ok(r) => r,
-            Err(res) => return *res,
-        };
-        if !range_pass {
-            // We answer the client's own conditionals ourselves from the full response.
-            let h = oreq.headers_mut();
-            for name in [&IF_NONE_MATCH, &IF_MODIFIED_SINCE, &IF_RANGE, &RANGE] {
-                h.remove(name);
-            }
-            if let Some(s) = &stale {
-                if let Some(etag) = s.headers.get(ETAG) {
-                    h.insert(IF_NONE_MATCH, etag.clone());
-                }
-                if let Some(lm) = s.headers.get(LAST_MODIFIED) {
-                    h.insert(IF_MODIFIED_SINCE, lm.clone());
-                }
-            }
+        entry: &Arc<StoredResponse>,
+        age: std::time::Duration,
+    ) {
+        let window = self.settings.early_refresh;
+        if window.is_zero() || entry.lifetime <= age {
+            return;
         }
-
-        let request_time = SystemTime::now();
-        let res = match upstream.send(oreq).await {
-            Ok(res) => res,
-            Err(e) => return self.origin_error(&ctx, e, fwd),
-        };
-        let response_time = SystemTime::now();
-        let (mut rparts, rbody) = res.into_parts();
-        self.clean_origin_headers(&mut rparts.headers, response_time);
-        let status = rparts.status;
-
-        if range_pass {
-            let outcome = Outcome::Forward {
-                fwd: Fwd::Partial,
-                fwd_status: status.as_u16(),
-                stored: false,
-                not_stored: Some(NotStored::Range),
-            };
-            return self.finish(
-                response(status, rparts.headers, body::boxed(rbody)),
-                &outcome,
-                None,
-            );
+        let left = entry.lifetime - age;
+        if left < window && fastrand::f64() > left.as_secs_f64() / window.as_secs_f64() {
+            self.background_revalidate(ctx, entry.clone());
         }
-        if status == StatusCode::NOT_MODIFIED {
-            if let Some(stale) = stale {
-                return self.revalidated(
-                    &ctx,
-                    &stale,
-                    rparts.headers,
-                    request_time,
-                    response_time,
-                    fwd,
-                );
-            }
-        }
-
-        let (dirs, targeted) = freshness::effective_directives(&rparts.headers, policy);
-        let (lifetime, _) = freshness::freshness_lifetime(
-            status,
-            &rparts.headers,
-            &dirs,
-            targeted,
-            response_time,
-            policy,
-        );
-        let content_length = content_length(&rparts.headers);
-        let verdict = freshness::storable(
-            &ctx.parts.headers,
-            &ctx.req_dirs,
-            status,
-            &rparts.headers,
-            &dirs,
-            lifetime,
-            policy,
-        )
-        .and_then(|()| match content_length {
-            Some(n) if n > self.settings.max_object_size => Err(NotStored::TooLarge),
-            _ => Ok(()),
-        });
-        let names = key::vary_names(&rparts.headers).unwrap_or_default();
-        // Vary on Cookie/Authorization/User-Agent: one copy per user; only if allowed.
-        let rule = self
-            .settings
-            .key_rules
-            .rule_for(&ctx.host_norm, ctx.parts.uri.path());
-        let verdict = verdict.and_then(|()| match rule.vary.refused(&names) {
-            Some(_) => Err(NotStored::VaryPrivate),
-            None => Ok(()),
-        });
-
-        if let Err(reason) = verdict {
-            if stale.is_some() && !status.is_server_error() {
-                // The origin no longer lets us keep what we had: drop it.
-                self.store.invalidate(&ctx.key);
-            }
-            let outcome = Outcome::Forward {
-                fwd,
-                fwd_status: status.as_u16(),
-                stored: false,
-                not_stored: Some(reason),
-            };
-            return self.respond_fresh(
-                &ctx,
-                status,
-                rparts.headers,
-                body::boxed(rbody),
-                &outcome,
-                None,
-            );
-        }
-
-        let corrected_initial_age =
-            freshness::corrected_initial_age(&rparts.headers, request_time, response_time);
-        let mut stored_headers = rparts.headers.clone();
-        stored_headers.remove(AGE);
-        let mut entry = StoredResponse {
-            status,
-            headers: stored_headers,
-            body: Bytes::new(),
-            request_time,
-            response_time,
-            corrected_initial_age,
-            lifetime,
-            directives: dirs,
-            variant: Variant::of(&ctx.parts.headers, &names),
-        };
-        let variant_info = self
-            .settings
-            .debug_headers
-            .then(|| VariantInfo(entry.variant.describe()));
-        let store = self.store.clone();
-        let key = ctx.key.clone();
-        let on_complete = move |bytes: Bytes| {
-            entry.body = bytes;
-            store.insert(&key, entry);
-        };
-        let limit = self.settings.max_object_size as usize;
-        let (client_body, collect) = body::tee(rbody, content_length, limit, on_complete);
-        let full_key = ctx.key.full.clone();
-        tokio::spawn(async move {
-            if let Err(end) = collect.await {
-                debug!(key = %full_key, ?end, "response not stored");
-            }
-        });
-        let outcome = Outcome::Forward {
-            fwd,
-            fwd_status: status.as_u16(),
-            stored: true,
-            not_stored: None,
-        };
-        let ttl = freshness::ttl_secs(lifetime, corrected_initial_age);
-        let mut res = self.respond_fresh(
-            &ctx,
-            status,
-            rparts.headers,
-            body::boxed(client_body),
-            &outcome,
-            Some(ttl),
-        );
-        if let Some(info) = variant_info {
-            res.extensions_mut().insert(info);
-        }
-        res
-    }
-
-    /// A 304 answered our validation: update the stored headers (RFC 9111 §3.2,
-    /// §4.3.4), refresh freshness and serve the updated entry.
-    fn revalidated(
-        &self,
-        ctx: &Ctx,
-        stale: &StoredResponse,
-        fresh_headers: HeaderMap,
-        request_time: SystemTime,
-        response_time: SystemTime,
-        fwd: Fwd,
-    ) -> Response<Body> {
-        let policy = &self.settings.policy;
-        let mut headers = stale.headers.clone();
-        for name in fresh_headers.keys() {
-            if name == CONTENT_LENGTH || name == AGE || name == CACHE_STATUS {
-                continue;
-            }
-            headers.remove(name);
-            for v in fresh_headers.get_all(name) {
-                headers.append(name.clone(), v.clone());
-            }
-        }
-        let (dirs, targeted) = freshness::effective_directives(&headers, policy);
-        let (lifetime, _) = freshness::freshness_lifetime(
-            stale.status,
-            &headers,
-            &dirs,
-            targeted,
-            response_time,
-            policy,
-        );
-        let verdict = freshness::storable(
-            &ctx.parts.headers,
-            &Directives::default(),
-            stale.status,
-            &headers,
-            &dirs,
-            lifetime,
-            policy,
-        );
-        let updated = StoredResponse {
-            status: stale.status,
-            headers,
-            body: stale.body.clone(),
-            request_time,
-            response_time,
-            corrected_initial_age: freshness::corrected_initial_age(
-                &fresh_headers,
-                request_time,
-                response_time,
-            ),
-            lifetime,
-            directives: dirs,
-            variant: stale.variant.clone(),
-        };
-        let stored = verdict.is_ok();
-        if stored {
-            self.store.insert(&ctx.key, updated.clone());
-        } else {
-            self.store.invalidate(&ctx.key);
-        }
-        let outcome = Outcome::Forward {
-            fwd,
-            fwd_status: 304,
-            stored,
-            not_stored: verdict.err(),
-        };
-        self.serve_stored(ctx, &updated, outcome, response_time)
     }
 
     /// Everything else: forwarded with its body, never stored.
     async fn pass(&self, ctx: &Ctx, body: Incoming) -> Response<Body> {
         let upstream = &self.upstreams[0];
-        let method = ctx.parts.method.clone();
+        let method = ctx.method.clone();
         let oreq = match self.origin_request(upstream, &ctx, method.clone(), body::boxed(body)) {
             Ok(r) => r,
             Err(res) => return *res,
@@ -479,6 +291,7 @@ impl Proxy {
             fwd_status: status.as_u16(),
             stored: false,
             not_stored: None,
+            collapsed: false,
         };
         self.finish(
             response(status, rparts.headers, body::boxed(rbody)),
@@ -512,13 +325,13 @@ impl Proxy {
             ctx.client.scheme,
             host_norm,
             path_and_query,
-            &ctx.parts.headers,
+            &ctx.headers,
         )
     }
 
     /// Builds the request to the origin: its URI, hop-by-hop fields removed, `Host`,
     /// `Via` and `X-Forwarded-*` set.
-    fn origin_request(
+    pub(crate) fn origin_request(
         &self,
         upstream: &Upstream,
         ctx: &Ctx,
@@ -526,7 +339,7 @@ impl Proxy {
         body: Body,
     ) -> Result<Request<Body>, Box<Response<Body>>> {
         let o = &upstream.settings;
-        let pq = ctx.parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let pq = ctx.uri.path_and_query().map_or("/", |p| p.as_str());
         let path = if pq == "*" {
             "*".to_string()
         } else {
@@ -543,7 +356,7 @@ impl Proxy {
                 "400 Bad Request: invalid target\n",
             )));
         };
-        let mut headers = ctx.parts.headers.clone();
+        let mut headers = ctx.headers.clone();
         forward::strip_hop_by_hop(&mut headers);
         headers.remove(EXPECT); // 100-continue was handled on the client hop
         let host = if o.preserve_host && !ctx.host.is_empty() {
@@ -563,7 +376,7 @@ impl Proxy {
                 .filter(|h| !h.is_empty())
                 .map(|h| h.as_str()),
         );
-        if let Some(via) = forward::via_value(ctx.parts.version, &self.settings.via) {
+        if let Some(via) = forward::via_value(ctx.version, &self.settings.via) {
             forward::append_via(&mut headers, &via);
         }
         let mut req = Request::new(body);
@@ -575,7 +388,7 @@ impl Proxy {
     }
 
     /// Hop-by-hop fields go; a missing `Date` is added (RFC 9110 §6.6.1).
-    fn clean_origin_headers(&self, headers: &mut HeaderMap, received: SystemTime) {
+    pub(crate) fn clean_origin_headers(&self, headers: &mut HeaderMap, received: SystemTime) {
         forward::strip_hop_by_hop(headers);
         if !headers.contains_key(DATE) {
             if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(received)) {
@@ -586,34 +399,33 @@ impl Proxy {
 
     /// A response just received from the origin, on the cached path: the client's
     /// conditionals are answered here, and HEAD gets no body.
-    fn respond_fresh(
+    pub(crate) fn respond_fresh(
         &self,
         ctx: &Ctx,
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Body,
+        res: Response<Body>,
         outcome: &Outcome,
         ttl: Option<i64>,
     ) -> Response<Body> {
-        if conditional::not_modified(&ctx.parts.headers, status, &headers) {
-            let res = response(
-                StatusCode::NOT_MODIFIED,
-                conditional::not_modified_headers(&headers),
-                body::empty(),
-            );
+        let (parts, body) = res.into_parts();
+        if conditional::not_modified(&ctx.headers, parts.status, &parts.headers) {
+            let mut headers = conditional::not_modified_headers(&parts.headers);
+            if let Some(age) = parts.headers.get(AGE) {
+                headers.insert(AGE, age.clone());
+            }
+            let res = response(StatusCode::NOT_MODIFIED, headers, body::empty());
             return self.finish(res, outcome, ttl);
         }
-        let body = if ctx.parts.method == Method::HEAD {
+        let body = if ctx.method == Method::HEAD {
             body::empty()
         } else {
             body
         };
-        self.finish(response(status, headers, body), outcome, ttl)
+        self.finish(response(parts.status, parts.headers, body), outcome, ttl)
     }
 
     /// Serves a stored response: 304 for matching conditionals, 206/416 for ranges,
     /// `Age` always (RFC 9111 §5.1).
-    fn serve_stored(
+    pub(crate) fn serve_stored(
         &self,
         ctx: &Ctx,
         entry: &StoredResponse,
@@ -638,7 +450,7 @@ impl Proxy {
         let age = entry.age(now);
         let ttl = Some(freshness::ttl_secs(entry.lifetime, age));
         let age_value = HeaderValue::from(freshness::age_header_secs(age));
-        if conditional::not_modified(&ctx.parts.headers, entry.status, &entry.headers) {
+        if conditional::not_modified(&ctx.headers, entry.status, &entry.headers) {
             let mut headers = conditional::not_modified_headers(&entry.headers);
             headers.insert(AGE, age_value);
             return self.finish(
@@ -650,9 +462,9 @@ impl Proxy {
         let mut headers = entry.headers.clone();
         headers.insert(AGE, age_value);
         let len = entry.body.len() as u64;
-        let head = ctx.parts.method == Method::HEAD;
+        let head = ctx.method == Method::HEAD;
         let answer = if entry.status == StatusCode::OK && !head {
-            conditional::range(&ctx.parts.headers, &entry.headers, len)
+            conditional::range(&ctx.headers, &entry.headers, len)
         } else {
             RangeAnswer::Full
         };
@@ -686,8 +498,8 @@ impl Proxy {
         self.finish(response(status, headers, body), &outcome, ttl)
     }
 
-    fn origin_error(&self, ctx: &Ctx, e: OriginError, fwd: Fwd) -> Response<Body> {
-        warn!(method = %ctx.parts.method, host = %ctx.host, uri = %ctx.parts.uri, error = %e, "origin request failed");
+    pub(crate) fn origin_error(&self, ctx: &Ctx, e: OriginError, fwd: Fwd) -> Response<Body> {
+        warn!(method = %ctx.method, host = %ctx.host, uri = %ctx.uri, error = %e, "origin request failed");
         let status = e.kind.status();
         let text = format!(
             "{} {}: {}\n",
@@ -706,7 +518,7 @@ impl Proxy {
     }
 
     /// Last stop of every response: `Cache-Status`, `Via`, targeted fields.
-    fn finish(
+    pub(crate) fn finish(
         &self,
         mut res: Response<Body>,
         outcome: &Outcome,
@@ -740,7 +552,7 @@ fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key(TRANSFER_ENCODING) || content_length(headers).is_some_and(|n| n > 0)
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(CONTENT_LENGTH)?
         .to_str()
@@ -750,7 +562,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-fn response(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
+pub(crate) fn response(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
     let mut res = Response::new(body);
     *res.status_mut() = status;
     *res.headers_mut() = headers;
@@ -777,7 +589,7 @@ pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
 
 /// Which stored variant served a response (for `X-Lacquer-Variant`).
 #[derive(Clone)]
-struct VariantInfo(String);
+pub(crate) struct VariantInfo(pub String);
 
 /// `X-Lacquer-Key` / `X-Lacquer-Variant`, with `server.debug_headers = true`.
 fn debug_headers(res: &mut Response<Body>, key: &CacheKey) {

@@ -12,6 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -84,14 +85,33 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
                 addr: peer,
                 scheme: "http",
             };
+            let header_read_timeout = proxy.settings().header_read_timeout;
+            let first_request = Arc::new(Notify::new());
+            let started = first_request.clone();
             let service = service_fn(move |req| {
+                started.notify_one();
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
             });
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            // hyper's header read timeout starts only once the protocol is known,
+            // and telling HTTP/1 from HTTP/2 waits for the client's first bytes:
+            // a client that sends nothing (or part of the HTTP/2 preface) would
+            // hold the connection forever. The first request must start in time.
+            let ended = tokio::select! {
+                result = conn.as_mut() => Some(result),
+                () = first_request.notified() => None,
+                () = tokio::time::sleep(header_read_timeout) => {
+                    debug!(%peer, "no request within the header read timeout: closing");
+                    return;
+                }
+            };
+            let result = match ended {
+                Some(result) => result,
+                None => conn.await,
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -1,0 +1,692 @@
+//! Going to the origin for a GET/HEAD: misses and validations, coalesced so that a
+//! burst costs the origin one request; stale-while-revalidate in the background;
+//! stale-if-error when the origin fails; hit-for-miss for what cannot be shared.
+//!
+//! The shape: [`Proxy::exchange`] talks to the origin and classifies the answer
+//! ([`Exchange`]), touching nothing; [`Proxy::settle`] applies it to the store and
+//! decides who gets what; [`Proxy::answer_shared`] turns a flight's [`Shared`]
+//! result into one client's response (its conditionals, HEAD, Vary, stale rules).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    HeaderMap, AGE, CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    LAST_MODIFIED, RANGE,
+};
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tracing::{debug, warn};
+
+use crate::body::{self, Body};
+use crate::coalesce::{self, FlightGuard, Join, Shared, SharedBody};
+use crate::directives::Directives;
+use crate::freshness::{self, NotStored};
+use crate::key::{self, Variant};
+use crate::outcome::{Fwd, Outcome};
+use crate::proxy::{content_length, plain, response, Ctx, Proxy, CACHE_STATUS};
+use crate::store::StoredResponse;
+
+/// One trip to the origin on behalf of a request (and whoever waits on it).
+#[derive(Clone)]
+pub(crate) struct Job {
+    pub ctx: Ctx,
+    pub stale: Option<Arc<StoredResponse>>,
+    pub fwd: Fwd,
+}
+
+/// The origin's answer, classified.
+enum Exchange {
+    /// No usable answer: transport failure, or a 5xx.
+    Failed {
+        status: StatusCode,
+        detail: &'static str,
+        response: Option<Response<Body>>,
+    },
+    /// 304 to our validation: the stale entry with refreshed headers.
+    NotModified {
+        updated: StoredResponse,
+        verdict: Result<(), NotStored>,
+    },
+    /// A response that may be stored: its head as an entry (empty body) and the body.
+    Storable {
+        entry: StoredResponse,
+        body: Incoming,
+        len: Option<u64>,
+    },
+    /// A response that may not be stored.
+    NotStorable {
+        response: Response<Body>,
+        status: StatusCode,
+        reason: NotStored,
+    },
+}
+
+/// What the request that started a flight gets.
+pub(crate) enum Own {
+    Shared(Shared),
+    Response(Response<Body>),
+}
+
+/// Reasons that belong to the URL's responses (remembered as hit-for-miss), as
+/// opposed to reasons that belong to one request (`Authorization`, request `no-store`).
+fn uncacheable_for_everyone(reason: NotStored) -> bool {
+    !matches!(
+        reason,
+        NotStored::Authorization
+            | NotStored::RequestNoStore
+            | NotStored::Range
+            | NotStored::Incomplete
+    )
+}
+
+impl Proxy {
+    /// GET/HEAD that must go forward: coalesced with concurrent requests for the key,
+    /// unless the key is known to be uncacheable (then straight to the origin).
+    pub(crate) async fn fetch(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        stale: Option<Arc<StoredResponse>>,
+        fwd: Fwd,
+    ) -> Response<Body> {
+        let job = Job {
+            ctx: ctx.clone(),
+            stale,
+            fwd,
+        };
+        // A range request on a miss goes to the origin as is and is not stored.
+        if job.stale.is_none() && ctx.headers.contains_key(RANGE) {
+            return self.range_pass(ctx).await;
+        }
+        if self.uncacheable.contains_key(&ctx.key.digest) {
+            return self.direct(job).await;
+        }
+        match self.flights.join(ctx.key.digest) {
+            Join::Leader(guard) => {
+                let this = self.clone();
+                let flight = job.clone();
+                // The fetch runs in its own task: it goes on if this client leaves.
+                let task = tokio::spawn(async move {
+                    let exchange = this.exchange(&flight).await;
+                    this.settle(&flight, exchange, Some(guard))
+                });
+                match task.await {
+                    Ok(Own::Response(res)) => res,
+                    Ok(Own::Shared(shared)) => self.answer_shared(&job, shared, false).await,
+                    Err(e) => {
+                        warn!(error = %e, "fetch task failed");
+                        self.error_response(&job, StatusCode::BAD_GATEWAY, "fetch-failed")
+                    }
+                }
+            }
+            Join::Waiter(mut rx) => {
+                match tokio::time::timeout(self.settings.coalesce_wait, coalesce::wait(&mut rx))
+                    .await
+                {
+                    Ok(Some(shared)) => self.answer_shared(&job, shared, true).await,
+                    Ok(None) => self.error_response(&job, StatusCode::BAD_GATEWAY, "fetch-failed"),
+                    Err(_) => {
+                        self.error_response(&job, StatusCode::GATEWAY_TIMEOUT, "coalesce-timeout")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stale-while-revalidate and early refresh: one background validation per key.
+    pub(crate) fn background_revalidate(self: &Arc<Self>, ctx: &Ctx, entry: Arc<StoredResponse>) {
+        if let Join::Leader(guard) = self.flights.join(ctx.key.digest) {
+            let this = self.clone();
+            let job = Job {
+                ctx: ctx.clone(),
+                stale: Some(entry),
+                fwd: Fwd::Stale,
+            };
+            tokio::spawn(async move {
+                let exchange = this.exchange(&job).await;
+                if let Exchange::Failed { detail, .. } = &exchange {
+                    debug!(key = %job.ctx.key.full, detail, "background revalidation failed; stale entry kept");
+                }
+                let _ = this.settle(&job, exchange, Some(guard));
+            });
+        }
+    }
+
+    /// A fetch nobody else shares (hit-for-miss, Vary mismatch after a flight).
+    async fn direct(self: &Arc<Self>, job: Job) -> Response<Body> {
+        let exchange = self.exchange(&job).await;
+        match self.settle(&job, exchange, None) {
+            Own::Response(res) => res,
+            Own::Shared(shared) => Box::pin(self.answer_shared(&job, shared, false)).await,
+        }
+    }
+
+    async fn range_pass(&self, ctx: &Ctx) -> Response<Body> {
+        let upstream = &self.upstreams[0];
+        let oreq = match self.origin_request(upstream, ctx, ctx.method.clone(), body::empty()) {
+            Ok(r) => r,
+            Err(res) => return *res,
+        };
+        match upstream.send(oreq).await {
+            Ok(res) => {
+                let (mut parts, rbody) = res.into_parts();
+                self.clean_origin_headers(&mut parts.headers, SystemTime::now());
+                let outcome = Outcome::Forward {
+                    fwd: Fwd::Partial,
+                    fwd_status: parts.status.as_u16(),
+                    stored: false,
+                    not_stored: Some(NotStored::Range),
+                    collapsed: false,
+                };
+                self.finish(
+                    response(parts.status, parts.headers, body::boxed(rbody)),
+                    &outcome,
+                    None,
+                )
+            }
+            Err(e) => self.origin_error(ctx, e, Fwd::Partial),
+        }
+    }
+
+    /// Talks to the origin and classifies the answer. Touches no shared state.
+    async fn exchange(&self, job: &Job) -> Exchange {
+        let ctx = &job.ctx;
+        let policy = &self.settings.policy;
+        let upstream = &self.upstreams[0];
+        let mut oreq = match self.origin_request(upstream, ctx, Method::GET, body::empty()) {
+            Ok(r) => r,
+            Err(res) => {
+                let status = res.status();
+                return Exchange::NotStorable {
+                    response: *res,
+                    status,
+                    reason: NotStored::Status,
+                };
+            }
+        };
+        // Client validators are answered by us from the full response; ours go instead.
+        let h = oreq.headers_mut();
+        for name in [&IF_NONE_MATCH, &IF_MODIFIED_SINCE, &IF_RANGE, &RANGE] {
+            h.remove(name);
+        }
+        if let Some(s) = &job.stale {
+            if let Some(etag) = s.headers.get(ETAG) {
+                h.insert(IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(lm) = s.headers.get(LAST_MODIFIED) {
+                h.insert(IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+
+        let request_time = SystemTime::now();
+        let res = match upstream.send(oreq).await {
+            Ok(res) => res,
+            Err(e) => {
+                warn!(host = %ctx.host, uri = %ctx.uri, error = %e, "origin request failed");
+                return Exchange::Failed {
+                    status: e.kind.status(),
+                    detail: e.kind.as_str(),
+                    response: None,
+                };
+            }
+        };
+        let response_time = SystemTime::now();
+        let (mut rparts, rbody) = res.into_parts();
+        self.clean_origin_headers(&mut rparts.headers, response_time);
+        let status = rparts.status;
+
+        if status == StatusCode::NOT_MODIFIED {
+            if let Some(stale) = &job.stale {
+                let updated =
+                    self.refreshed(ctx, stale, &rparts.headers, request_time, response_time);
+                let (dirs, lifetime) = (&updated.directives, updated.lifetime);
+                let verdict = freshness::storable(
+                    &ctx.headers,
+                    &Directives::default(),
+                    stale.status,
+                    &updated.headers,
+                    dirs,
+                    lifetime,
+                    policy,
+                );
+                return Exchange::NotModified { updated, verdict };
+            }
+        }
+        if status.is_server_error() {
+            warn!(host = %ctx.host, uri = %ctx.uri, status = status.as_u16(), "origin answered with a server error");
+            let res = response(status, rparts.headers, body::boxed(rbody));
+            return Exchange::Failed {
+                status,
+                detail: "origin-5xx",
+                response: Some(res),
+            };
+        }
+
+        let (dirs, targeted) = freshness::effective_directives(&rparts.headers, policy);
+        let (lifetime, _) = freshness::freshness_lifetime(
+            status,
+            &rparts.headers,
+            &dirs,
+            targeted,
+            response_time,
+            policy,
+        );
+        let len = content_length(&rparts.headers);
+        let names = key::vary_names(&rparts.headers).unwrap_or_default();
+        let rule = self
+            .settings
+            .key_rules
+            .rule_for(&ctx.host_norm, ctx.uri.path());
+        let verdict = freshness::storable(
+            &ctx.headers,
+            &ctx.req_dirs,
+            status,
+            &rparts.headers,
+            &dirs,
+            lifetime,
+            policy,
+        )
+        .and_then(|()| match len {
+            Some(n) if n > self.settings.max_object_size => Err(NotStored::TooLarge),
+            _ => Ok(()),
+        })
+        // Vary on Cookie/Authorization/User-Agent: one copy per user; only if allowed.
+        .and_then(|()| match rule.vary.refused(&names) {
+            Some(_) => Err(NotStored::VaryPrivate),
+            None => Ok(()),
+        });
+        match verdict {
+            Err(reason) => Exchange::NotStorable {
+                response: response(status, rparts.headers, body::boxed(rbody)),
+                status,
+                reason,
+            },
+            Ok(()) => {
+                let corrected_initial_age =
+                    freshness::corrected_initial_age(&rparts.headers, request_time, response_time);
+                let mut headers = rparts.headers;
+                headers.remove(AGE);
+                let entry = StoredResponse {
+                    status,
+                    headers,
+                    body: Bytes::new(),
+                    request_time,
+                    response_time,
+                    corrected_initial_age,
+                    lifetime,
+                    directives: dirs,
+                    variant: Variant::of(&ctx.headers, &names),
+                };
+                Exchange::Storable {
+                    entry,
+                    body: rbody,
+                    len,
+                }
+            }
+        }
+    }
+
+    /// The stale entry updated by a 304 (RFC 9111 §3.2, §4.3.4): the 304's fields
+    /// replace the stored ones, freshness restarts from the 304's times.
+    fn refreshed(
+        &self,
+        _ctx: &Ctx,
+        stale: &StoredResponse,
+        fresh: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> StoredResponse {
+        let policy = &self.settings.policy;
+        let mut headers = stale.headers.clone();
+        for name in fresh.keys() {
+            if name == CONTENT_LENGTH || name == AGE || name == CACHE_STATUS {
+                continue;
+            }
+            headers.remove(name);
+            for v in fresh.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        let (dirs, targeted) = freshness::effective_directives(&headers, policy);
+        let (lifetime, _) = freshness::freshness_lifetime(
+            stale.status,
+            &headers,
+            &dirs,
+            targeted,
+            response_time,
+            policy,
+        );
+        StoredResponse {
+            status: stale.status,
+            headers,
+            body: stale.body.clone(),
+            request_time,
+            response_time,
+            corrected_initial_age: freshness::corrected_initial_age(
+                fresh,
+                request_time,
+                response_time,
+            ),
+            lifetime,
+            directives: dirs,
+            variant: stale.variant.clone(),
+        }
+    }
+
+    /// Applies an exchange to the store and decides what the requests get. With a
+    /// flight guard, the result is published to the waiters.
+    fn settle(self: &Arc<Self>, job: &Job, exchange: Exchange, guard: Option<FlightGuard>) -> Own {
+        let ctx = &job.ctx;
+        let mut guard = guard;
+        let mut publish = |shared: Shared| {
+            if let Some(g) = guard.as_mut() {
+                g.publish(shared);
+            }
+        };
+        match exchange {
+            Exchange::Failed {
+                status,
+                detail,
+                response,
+            } => {
+                let shared = Shared::Failed { status, detail };
+                publish(shared.clone());
+                match response {
+                    // The requester gets the origin's own error page unless stale
+                    // content may stand in for it.
+                    Some(res) if !self.stale_if_error_allows(job) => {
+                        let outcome = Outcome::Forward {
+                            fwd: job.fwd,
+                            fwd_status: status.as_u16(),
+                            stored: false,
+                            not_stored: Some(NotStored::Status),
+                            collapsed: false,
+                        };
+                        Own::Response(self.respond_fresh(ctx, res, &outcome, None))
+                    }
+                    _ => Own::Shared(shared),
+                }
+            }
+            Exchange::NotModified { updated, verdict } => {
+                if verdict.is_ok() {
+                    self.store.insert(&ctx.key, updated.clone());
+                } else {
+                    self.store.invalidate(&ctx.key);
+                }
+                let shared = Shared::Refreshed(Arc::new(updated));
+                publish(shared.clone());
+                Own::Shared(shared)
+            }
+            Exchange::NotStorable {
+                response,
+                status,
+                reason,
+            } => {
+                if job.stale.is_some() {
+                    // The origin no longer lets us keep what we had: drop it.
+                    self.store.invalidate(&ctx.key);
+                }
+                if uncacheable_for_everyone(reason) && !self.settings.uncacheable_ttl.is_zero() {
+                    self.uncacheable.insert(ctx.key.digest, ());
+                }
+                publish(Shared::Uncacheable(reason));
+                let outcome = Outcome::Forward {
+                    fwd: job.fwd,
+                    fwd_status: status.as_u16(),
+                    stored: false,
+                    not_stored: Some(reason),
+                    collapsed: false,
+                };
+                Own::Response(self.respond_fresh(ctx, response, &outcome, None))
+            }
+            Exchange::Storable { entry, body, len } => match guard.take() {
+                Some(mut g) => {
+                    let shared_body = SharedBody::new(len);
+                    let head = Arc::new(StoredResponse {
+                        body: Bytes::new(),
+                        ..entry.clone()
+                    });
+                    let shared = Shared::Stored {
+                        entry: head,
+                        body: shared_body.clone(),
+                    };
+                    g.publish(shared.clone());
+                    self.pump(ctx, entry, body, len, shared_body, g);
+                    Own::Shared(shared)
+                }
+                None => {
+                    let head = StoredResponse {
+                        body: Bytes::new(),
+                        ..entry.clone()
+                    };
+                    let store = self.store.clone();
+                    let key = ctx.key.clone();
+                    let mut full = entry;
+                    let on_complete = move |bytes: Bytes| {
+                        full.body = bytes;
+                        store.insert(&key, full);
+                    };
+                    let limit = self.settings.max_object_size as usize;
+                    let (client_body, collect) = body::tee(body, len, limit, on_complete);
+                    let full_key = ctx.key.full.clone();
+                    tokio::spawn(async move {
+                        if let Err(end) = collect.await {
+                            debug!(key = %full_key, ?end, "response not stored");
+                        }
+                    });
+                    Own::Response(self.respond_stored_head(
+                        job,
+                        &head,
+                        body::boxed(client_body),
+                        false,
+                    ))
+                }
+            },
+        }
+    }
+
+    /// Reads a shared origin body into the [`SharedBody`] (every waiter streams from
+    /// it) and stores the entry once complete. The flight ends (the guard drops)
+    /// after the store has it, so requests arriving meanwhile join this flight.
+    fn pump(
+        &self,
+        ctx: &Ctx,
+        mut entry: StoredResponse,
+        mut body: Incoming,
+        len: Option<u64>,
+        shared: SharedBody,
+        guard: FlightGuard,
+    ) {
+        let store = self.store.clone();
+        let uncacheable = self.uncacheable.clone();
+        let key = ctx.key.clone();
+        let limit = self.settings.max_object_size as usize;
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut collected =
+                BytesMut::with_capacity(len.map_or(0, |n| n.min(limit as u64) as usize));
+            let mut too_large = false;
+            loop {
+                match body.frame().await {
+                    None => break,
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            if !too_large {
+                                if collected.len() + data.len() > limit {
+                                    too_large = true;
+                                    collected = BytesMut::new();
+                                } else {
+                                    collected.extend_from_slice(&data);
+                                }
+                            }
+                            shared.push(data);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        debug!(key = %key.full, error = %e, "origin body failed; not stored");
+                        shared.finish(false);
+                        return;
+                    }
+                }
+            }
+            let complete = len.is_none_or(|n| n == collected.len() as u64);
+            if too_large {
+                // Next time, skip the queue: this object does not fit the store.
+                uncacheable.insert(key.digest, ());
+            } else if complete {
+                entry.body = collected.freeze();
+                store.insert(&key, entry);
+            }
+            shared.finish(complete);
+        });
+    }
+
+    /// One request's response from a flight's result.
+    async fn answer_shared(
+        self: &Arc<Self>,
+        job: &Job,
+        shared: Shared,
+        collapsed: bool,
+    ) -> Response<Body> {
+        let ctx = &job.ctx;
+        match shared {
+            Shared::Stored { entry, body } => {
+                if !entry.variant.matches(&ctx.headers) {
+                    return self.reevaluate(job).await;
+                }
+                self.respond_stored_head(job, &entry, body.reader(), collapsed)
+            }
+            Shared::Refreshed(entry) => {
+                if !entry.variant.matches(&ctx.headers) {
+                    return self.reevaluate(job).await;
+                }
+                let outcome = Outcome::Forward {
+                    fwd: job.fwd,
+                    fwd_status: 304,
+                    stored: true,
+                    not_stored: None,
+                    collapsed,
+                };
+                self.serve_stored(ctx, &entry, outcome, SystemTime::now())
+            }
+            Shared::Uncacheable(_) => {
+                Box::pin(self.direct(Job {
+                    ctx: ctx.clone(),
+                    stale: job.stale.clone(),
+                    fwd: job.fwd,
+                }))
+                .await
+            }
+            Shared::Failed { status, detail } => {
+                if let (Some(stale), true) = (&job.stale, self.stale_if_error_allows(job)) {
+                    let outcome = Outcome::StaleIfError {
+                        fwd: job.fwd,
+                        detail,
+                    };
+                    return self.serve_stored(ctx, stale, outcome, SystemTime::now());
+                }
+                self.error_response(job, status, detail)
+            }
+        }
+    }
+
+    /// A waiter whose request does not select the variant that came back: look again
+    /// (another flight may have stored its variant), else fetch on its own.
+    async fn reevaluate(self: &Arc<Self>, job: &Job) -> Response<Body> {
+        if let crate::store::Lookup::Hit(entry) = self.store.lookup(&job.ctx.key, &job.ctx.headers)
+        {
+            let now = SystemTime::now();
+            let age = entry.age(now);
+            if freshness::reuse(
+                age,
+                entry.lifetime,
+                &entry.directives,
+                &job.ctx.req_dirs,
+                &self.settings.policy,
+            ) == freshness::Reuse::Fresh
+            {
+                return self.serve_stored(&job.ctx, &entry, Outcome::Hit { stale: false }, now);
+            }
+        }
+        Box::pin(self.direct(Job {
+            ctx: job.ctx.clone(),
+            stale: None,
+            fwd: Fwd::VaryMiss,
+        }))
+        .await
+    }
+
+    /// The response for a just-fetched storable object: its head, `Age`, and a body
+    /// still streaming in.
+    fn respond_stored_head(
+        &self,
+        job: &Job,
+        entry: &StoredResponse,
+        body: Body,
+        collapsed: bool,
+    ) -> Response<Body> {
+        let outcome = Outcome::Forward {
+            fwd: job.fwd,
+            fwd_status: entry.status.as_u16(),
+            stored: true,
+            not_stored: None,
+            collapsed,
+        };
+        let age = entry.age(SystemTime::now());
+        let ttl = freshness::ttl_secs(entry.lifetime, age);
+        let mut headers = entry.headers.clone();
+        headers.insert(
+            AGE,
+            http::HeaderValue::from(freshness::age_header_secs(age)),
+        );
+        let mut res = self.respond_fresh(
+            &job.ctx,
+            response(entry.status, headers, body),
+            &outcome,
+            Some(ttl),
+        );
+        if self.settings.debug_headers {
+            res.extensions_mut()
+                .insert(crate::proxy::VariantInfo(entry.variant.describe()));
+        }
+        res
+    }
+
+    /// May the stale entry of `job` stand in for an origin failure now?
+    fn stale_if_error_allows(&self, job: &Job) -> bool {
+        let Some(stale) = &job.stale else {
+            return false;
+        };
+        let window = freshness::sie_window(
+            &stale.directives,
+            &job.ctx.req_dirs,
+            self.settings.stale_if_error,
+        );
+        let age = stale.age(SystemTime::now());
+        age < stale.lifetime || freshness::within_stale_window(age, stale.lifetime, window)
+    }
+
+    fn error_response(
+        &self,
+        job: &Job,
+        status: StatusCode,
+        detail: &'static str,
+    ) -> Response<Body> {
+        let text = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            detail
+        );
+        self.finish(
+            plain(status, &text),
+            &Outcome::OriginError {
+                fwd: job.fwd,
+                detail,
+            },
+            None,
+        )
+    }
+}
