@@ -46,9 +46,26 @@ struct Flight {
 }
 
 /// The flights in progress, by key digest.
-#[derive(Default)]
 pub struct Flights {
     map: Mutex<HashMap<u128, Arc<Flight>>>,
+    /// Flights in progress and requests waiting on them, observable (metrics, tests).
+    activity: watch::Sender<Activity>,
+}
+
+/// How much coalescing is going on right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub flights: usize,
+    pub waiters: usize,
+}
+
+impl Default for Flights {
+    fn default() -> Self {
+        Flights {
+            map: Mutex::new(HashMap::new()),
+            activity: watch::channel(Activity::default()).0,
+        }
+    }
 }
 
 /// The role a request gets for a key.
@@ -56,18 +73,43 @@ pub enum Join {
     /// Start the fetch and publish its result through the guard.
     Leader(FlightGuard),
     /// Wait for the result.
-    Waiter(watch::Receiver<Option<Shared>>),
+    Waiter(Waiter),
+}
+
+/// A request waiting on a flight (counted in [`Activity::waiters`] while it lives).
+pub struct Waiter {
+    rx: watch::Receiver<Option<Shared>>,
+    flights: Arc<Flights>,
+}
+
+impl Waiter {
+    /// The flight's result. `None` if the flight vanished without one (cannot happen
+    /// while the guard publishes on drop, but a waiter must never hang on it).
+    pub async fn result(&mut self) -> Option<Shared> {
+        wait(&mut self.rx).await
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.flights.activity.send_modify(|a| a.waiters -= 1);
+    }
 }
 
 impl Flights {
     pub fn join(self: &Arc<Self>, digest: u128) -> Join {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = map.get(&digest) {
-            return Join::Waiter(f.tx.subscribe());
+            self.activity.send_modify(|a| a.waiters += 1);
+            return Join::Waiter(Waiter {
+                rx: f.tx.subscribe(),
+                flights: self.clone(),
+            });
         }
         let (tx, _rx) = watch::channel(None);
         let flight = Arc::new(Flight { tx });
         map.insert(digest, flight.clone());
+        self.activity.send_modify(|a| a.flights += 1);
         Join::Leader(FlightGuard {
             flights: self.clone(),
             digest,
@@ -81,6 +123,11 @@ impl Flights {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Watches flights and waiters come and go.
+    pub fn activity(&self) -> watch::Receiver<Activity> {
+        self.activity.subscribe()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -89,6 +136,7 @@ impl Flights {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(&digest).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             map.remove(&digest);
+            self.activity.send_modify(|a| a.flights -= 1);
         }
     }
 }
@@ -127,8 +175,7 @@ impl Drop for FlightGuard {
     }
 }
 
-/// Waits for a flight's result. `None` if the flight vanished without one (cannot
-/// happen while the guard publishes on drop, but a waiter must never hang on it).
+/// Waits for a flight's result (see [`Waiter::result`]).
 pub async fn wait(rx: &mut watch::Receiver<Option<Shared>>) -> Option<Shared> {
     match rx.wait_for(|v| v.is_some()).await {
         Ok(v) => v.clone(),
@@ -272,13 +319,22 @@ mod tests {
         let Join::Leader(guard) = flights.join(7) else {
             panic!("first is leader")
         };
-        let Join::Waiter(mut rx) = flights.join(7) else {
+        let Join::Waiter(mut waiter) = flights.join(7) else {
             panic!("second waits")
         };
         assert_eq!(flights.len(), 1);
+        assert_eq!(
+            *flights.activity().borrow(),
+            Activity {
+                flights: 1,
+                waiters: 1
+            }
+        );
         drop(guard);
-        assert!(matches!(wait(&mut rx).await, Some(Shared::Failed { .. })));
+        assert!(matches!(waiter.result().await, Some(Shared::Failed { .. })));
+        drop(waiter);
         assert!(flights.is_empty());
+        assert_eq!(*flights.activity().borrow(), Activity::default());
         assert!(matches!(flights.join(7), Join::Leader(_)));
     }
 }

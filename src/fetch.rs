@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use crate::body::{self, Body};
-use crate::coalesce::{self, FlightGuard, Join, Shared, SharedBody};
+use crate::coalesce::{FlightGuard, Join, Shared, SharedBody};
 use crate::directives::Directives;
 use crate::freshness::{self, NotStored};
 use crate::key::{self, Variant};
@@ -121,8 +121,8 @@ impl Proxy {
                     }
                 }
             }
-            Join::Waiter(mut rx) => {
-                match tokio::time::timeout(self.settings.coalesce_wait, coalesce::wait(&mut rx))
+            Join::Waiter(mut waiter) => {
+                match tokio::time::timeout(self.settings.coalesce_wait, waiter.result())
                     .await
                 {
                     Ok(Some(shared)) => self.answer_shared(&job, shared, true).await,

@@ -102,6 +102,11 @@ impl Proxy {
         &self.store
     }
 
+    /// The coalescing state (flights in progress, waiters).
+    pub fn flights(&self) -> &Flights {
+        &self.flights
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
