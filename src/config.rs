@@ -229,6 +229,10 @@ pub struct CacheSection {
     /// nor request carries `stale-if-error` (RFC 5861).
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Duration,
+    /// While the origin is unhealthy (health checks failing, or unreachable), serve
+    /// stale content up to this long past expiry instead of an error.
+    #[serde(with = "humantime_serde")]
+    pub unhealthy_grace: Duration,
     /// Requests waiting on another request's fetch of the same object give up after
     /// this long with 504.
     #[serde(with = "humantime_serde")]
@@ -257,6 +261,7 @@ impl Default for CacheSection {
             max_variants: 32,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            unhealthy_grace: Duration::ZERO,
             coalesce_wait: Duration::from_secs(15),
             uncacheable_ttl: Duration::from_secs(30),
             early_refresh: Duration::ZERO,
@@ -278,6 +283,52 @@ pub struct OriginSection {
     pub first_byte_timeout: Duration,
     /// Send the client's `Host` to the origin (on), or the origin's own authority.
     pub preserve_host: bool,
+    /// Most requests in flight to this origin at once (0: no limit). Beyond it,
+    /// requests wait up to `connect_timeout` for a free slot, then get 503.
+    pub max_connections: usize,
+    /// Active health check (absent: the origin is always considered healthy).
+    pub health_check: Option<HealthCheckSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckSection {
+    /// Path probed with GET (below the origin URL's own path).
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive good probes that make an unhealthy origin healthy.
+    pub rise: u32,
+    /// Consecutive failed probes that make a healthy origin unhealthy.
+    pub fall: u32,
+    /// Status a good probe returns (absent: any 2xx or 3xx).
+    pub expect_status: Option<u16>,
+}
+
+impl Default for HealthCheckSection {
+    fn default() -> Self {
+        HealthCheckSection {
+            path: "/".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+            expect_status: None,
+        }
+    }
+}
+
+/// A validated health check.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub expect_status: Option<u16>,
 }
 
 impl Default for OriginSection {
@@ -288,6 +339,8 @@ impl Default for OriginSection {
             connect_timeout: Duration::from_secs(3),
             first_byte_timeout: Duration::from_secs(30),
             preserve_host: true,
+            max_connections: 0,
+            health_check: None,
         }
     }
 }
@@ -353,6 +406,8 @@ pub struct OriginSettings {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub preserve_host: bool,
+    pub max_connections: usize,
+    pub health_check: Option<HealthCheck>,
 }
 
 /// The validated configuration the proxy runs with.
@@ -373,6 +428,7 @@ pub struct Settings {
     pub key_rules: KeyRules,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    pub unhealthy_grace: Duration,
     pub coalesce_wait: Duration,
     pub uncacheable_ttl: Duration,
     pub early_refresh: Duration,
@@ -749,6 +805,45 @@ impl Settings {
             if o.name.is_empty() {
                 return Err(err(key("name"), "must not be empty"));
             }
+            let health_check = match &o.health_check {
+                None => None,
+                Some(h) => {
+                    let hk = |k: &str| format!("origins[{i}].health_check.{k}");
+                    if !h.path.starts_with('/')
+                        || h.path.parse::<http::uri::PathAndQuery>().is_err()
+                    {
+                        return Err(err(
+                            hk("path"),
+                            format!("`{}` is not a path starting with `/`", h.path),
+                        ));
+                    }
+                    if h.interval.is_zero() {
+                        return Err(err(hk("interval"), "must be greater than zero"));
+                    }
+                    if h.timeout.is_zero() {
+                        return Err(err(hk("timeout"), "must be greater than zero"));
+                    }
+                    if h.rise == 0 {
+                        return Err(err(hk("rise"), "must be at least 1"));
+                    }
+                    if h.fall == 0 {
+                        return Err(err(hk("fall"), "must be at least 1"));
+                    }
+                    if let Some(code) = h.expect_status {
+                        if !(100..=599).contains(&code) {
+                            return Err(err(hk("expect_status"), "must be an HTTP status code"));
+                        }
+                    }
+                    Some(HealthCheck {
+                        path: h.path.clone(),
+                        interval: h.interval,
+                        timeout: h.timeout,
+                        rise: h.rise,
+                        fall: h.fall,
+                        expect_status: h.expect_status,
+                    })
+                }
+            };
             origins.push(OriginSettings {
                 name: o.name.clone(),
                 scheme,
@@ -757,6 +852,8 @@ impl Settings {
                 connect_timeout: o.connect_timeout,
                 first_byte_timeout: o.first_byte_timeout,
                 preserve_host: o.preserve_host,
+                max_connections: o.max_connections,
+                health_check,
             });
         }
 
@@ -782,6 +879,7 @@ impl Settings {
             key_rules: key_rules(&file)?,
             stale_while_revalidate: c.stale_while_revalidate,
             stale_if_error: c.stale_if_error,
+            unhealthy_grace: c.unhealthy_grace,
             coalesce_wait: c.coalesce_wait,
             uncacheable_ttl: c.uncacheable_ttl,
             early_refresh: c.early_refresh,

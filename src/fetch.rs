@@ -17,7 +17,6 @@ use http::header::{
 };
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use crate::body::{self, Body};
@@ -25,6 +24,7 @@ use crate::coalesce::{FlightGuard, Join, Shared, SharedBody};
 use crate::directives::Directives;
 use crate::freshness::{self, NotStored};
 use crate::key::{self, Variant};
+use crate::origin::{OriginBody, Upstream};
 use crate::outcome::{Fwd, Outcome};
 use crate::proxy::{content_length, plain, response, Ctx, Proxy, CACHE_STATUS};
 use crate::store::StoredResponse;
@@ -53,7 +53,7 @@ enum Exchange {
     /// A response that may be stored: its head as an entry (empty body) and the body.
     Storable {
         entry: StoredResponse,
-        body: Incoming,
+        body: OriginBody,
         len: Option<u64>,
     },
     /// A response that may not be stored.
@@ -122,9 +122,7 @@ impl Proxy {
                 }
             }
             Join::Waiter(mut waiter) => {
-                match tokio::time::timeout(self.settings.coalesce_wait, waiter.result())
-                    .await
-                {
+                match tokio::time::timeout(self.settings.coalesce_wait, waiter.result()).await {
                     Ok(Some(shared)) => self.answer_shared(&job, shared, true).await,
                     Ok(None) => self.error_response(&job, StatusCode::BAD_GATEWAY, "fetch-failed"),
                     Err(_) => {
@@ -164,13 +162,9 @@ impl Proxy {
     }
 
     async fn range_pass(&self, ctx: &Ctx) -> Response<Body> {
-        let upstream = &self.upstreams[0];
-        let oreq = match self.origin_request(upstream, ctx, ctx.method.clone(), body::empty()) {
-            Ok(r) => r,
-            Err(res) => return *res,
-        };
-        match upstream.send(oreq).await {
-            Ok(res) => {
+        let build = |up: &Upstream| self.origin_request(up, ctx, ctx.method.clone(), body::empty());
+        match self.origins.send(build, true).await {
+            Ok((res, _)) => {
                 let (mut parts, rbody) = res.into_parts();
                 self.clean_origin_headers(&mut parts.headers, SystemTime::now());
                 let outcome = Outcome::Forward {
@@ -194,35 +188,29 @@ impl Proxy {
     async fn exchange(&self, job: &Job) -> Exchange {
         let ctx = &job.ctx;
         let policy = &self.settings.policy;
-        let upstream = &self.upstreams[0];
-        let mut oreq = match self.origin_request(upstream, ctx, Method::GET, body::empty()) {
-            Ok(r) => r,
-            Err(res) => {
-                let status = res.status();
-                return Exchange::NotStorable {
-                    response: *res,
-                    status,
-                    reason: NotStored::Status,
-                };
+        let stale = job.stale.clone();
+        let build = |up: &Upstream| {
+            let mut oreq = self.origin_request(up, ctx, Method::GET, body::empty())?;
+            // Client validators are answered by us from the full response; ours go instead.
+            let h = oreq.headers_mut();
+            for name in [&IF_NONE_MATCH, &IF_MODIFIED_SINCE, &IF_RANGE, &RANGE] {
+                h.remove(name);
             }
+            if let Some(s) = &stale {
+                if let Some(etag) = s.headers.get(ETAG) {
+                    h.insert(IF_NONE_MATCH, etag.clone());
+                }
+                if let Some(lm) = s.headers.get(LAST_MODIFIED) {
+                    h.insert(IF_MODIFIED_SINCE, lm.clone());
+                }
+            }
+            Some(oreq)
         };
-        // Client validators are answered by us from the full response; ours go instead.
-        let h = oreq.headers_mut();
-        for name in [&IF_NONE_MATCH, &IF_MODIFIED_SINCE, &IF_RANGE, &RANGE] {
-            h.remove(name);
-        }
-        if let Some(s) = &job.stale {
-            if let Some(etag) = s.headers.get(ETAG) {
-                h.insert(IF_NONE_MATCH, etag.clone());
-            }
-            if let Some(lm) = s.headers.get(LAST_MODIFIED) {
-                h.insert(IF_MODIFIED_SINCE, lm.clone());
-            }
-        }
 
         let request_time = SystemTime::now();
-        let res = match upstream.send(oreq).await {
-            Ok(res) => res,
+        // GET without a body can be rebuilt: one retry on a connection failure.
+        let res = match self.origins.send(build, true).await {
+            Ok((res, _)) => res,
             Err(e) => {
                 warn!(host = %ctx.host, uri = %ctx.uri, error = %e, "origin request failed");
                 return Exchange::Failed {
@@ -396,7 +384,7 @@ impl Proxy {
                 match response {
                     // The requester gets the origin's own error page unless stale
                     // content may stand in for it.
-                    Some(res) if !self.stale_if_error_allows(job) => {
+                    Some(res) if !self.stale_if_error_allows(job, detail) => {
                         let outcome = Outcome::Forward {
                             fwd: job.fwd,
                             fwd_status: status.as_u16(),
@@ -494,7 +482,7 @@ impl Proxy {
         &self,
         ctx: &Ctx,
         mut entry: StoredResponse,
-        mut body: Incoming,
+        mut body: OriginBody,
         len: Option<u64>,
         shared: SharedBody,
         guard: FlightGuard,
@@ -580,7 +568,7 @@ impl Proxy {
                 .await
             }
             Shared::Failed { status, detail } => {
-                if let (Some(stale), true) = (&job.stale, self.stale_if_error_allows(job)) {
+                if let (Some(stale), true) = (&job.stale, self.stale_if_error_allows(job, detail)) {
                     let outcome = Outcome::StaleIfError {
                         fwd: job.fwd,
                         detail,
@@ -655,15 +643,31 @@ impl Proxy {
     }
 
     /// May the stale entry of `job` stand in for an origin failure now?
-    fn stale_if_error_allows(&self, job: &Job) -> bool {
+    ///
+    /// The window is the stale-if-error one (RFC 5861 §4); while the origin is down
+    /// (health checks failing, or it cannot be reached) the longer
+    /// `cache.unhealthy_grace` applies too: a cache is then "disconnected" in the sense
+    /// of RFC 9111 §4.2.4, unless the response forbids stale use outright.
+    fn stale_if_error_allows(&self, job: &Job, detail: &str) -> bool {
         let Some(stale) = &job.stale else {
             return false;
         };
-        let window = freshness::sie_window(
+        let mut window = freshness::sie_window(
             &stale.directives,
             &job.ctx.req_dirs,
             self.settings.stale_if_error,
         );
+        let down = self.origins.all_unhealthy()
+            || matches!(
+                detail,
+                "origin-unhealthy" | "origin-unreachable" | "connect-timeout"
+            );
+        if down {
+            window = window.max(freshness::grace_window(
+                &stale.directives,
+                self.settings.unhealthy_grace,
+            ));
+        }
         let age = stale.age(SystemTime::now());
         age < stale.lifetime || freshness::within_stale_window(age, stale.lifetime, window)
     }

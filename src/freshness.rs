@@ -395,6 +395,15 @@ pub fn sie_window(res: &Directives, req: &Directives, default: Duration) -> Dura
     }
 }
 
+/// The grace used while the origin is down: `grace`, unless stale use is forbidden.
+pub fn grace_window(res: &Directives, grace: Duration) -> Duration {
+    if stale_forbidden(res) {
+        Duration::ZERO
+    } else {
+        grace
+    }
+}
+
 /// Is a response of this age within `window` past its lifetime?
 pub fn within_stale_window(age: Duration, lifetime: Duration, window: Duration) -> bool {
     age >= lifetime && age - lifetime <= window && !window.is_zero()

@@ -32,7 +32,7 @@ use crate::directives::Directives;
 use crate::forward;
 use crate::freshness::{self, Reuse, ValidateReason};
 use crate::key::{self, CacheKey};
-use crate::origin::{OriginError, Upstream};
+use crate::origin::{OriginError, Origins, Upstream};
 use crate::outcome::{Fwd, Outcome};
 use crate::store::{Lookup, Store, StoredResponse};
 
@@ -49,7 +49,7 @@ pub struct ClientInfo {
 pub struct Proxy {
     pub(crate) settings: Arc<Settings>,
     pub(crate) store: Arc<Store>,
-    pub(crate) upstreams: Vec<Upstream>,
+    pub(crate) origins: Arc<Origins>,
     /// Fetches in progress, for coalescing.
     pub(crate) flights: Arc<Flights>,
     /// Keys whose responses could not be shared recently (hit-for-miss).
@@ -75,12 +75,7 @@ pub(crate) struct Ctx {
 impl Proxy {
     pub fn new(settings: Settings) -> Arc<Proxy> {
         let store = Arc::new(Store::new(settings.max_size, settings.max_variants));
-        let upstreams = settings
-            .origins
-            .iter()
-            .cloned()
-            .map(Upstream::new)
-            .collect();
+        let origins = Arc::new(Origins::new(&settings.origins));
         let uncacheable = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(
@@ -92,7 +87,7 @@ impl Proxy {
         Arc::new(Proxy {
             settings: Arc::new(settings),
             store,
-            upstreams,
+            origins,
             flights: Arc::new(Flights::default()),
             uncacheable,
         })
@@ -100,6 +95,11 @@ impl Proxy {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The origins and their health.
+    pub fn origins(&self) -> &Origins {
+        &self.origins
     }
 
     /// The coalescing state (flights in progress, waiters).
@@ -264,15 +264,16 @@ impl Proxy {
 
     /// Everything else: forwarded with its body, never stored.
     async fn pass(&self, ctx: &Ctx, body: Incoming) -> Response<Body> {
-        let upstream = &self.upstreams[0];
         let method = ctx.method.clone();
-        let oreq = match self.origin_request(upstream, &ctx, method.clone(), body::boxed(body)) {
-            Ok(r) => r,
-            Err(res) => return *res,
+        // The body streams: the request can be built once, so no retry.
+        let mut body = Some(body::boxed(body));
+        let build = |up: &Upstream| {
+            body.take()
+                .and_then(|b| self.origin_request(up, ctx, method.clone(), b))
         };
-        let res = match upstream.send(oreq).await {
-            Ok(res) => res,
-            Err(e) => return self.origin_error(&ctx, e, Fwd::Method),
+        let res = match self.origins.send(build, false).await {
+            Ok((res, _)) => res,
+            Err(e) => return self.origin_error(ctx, e, Fwd::Method),
         };
         let (mut rparts, rbody) = res.into_parts();
         self.clean_origin_headers(&mut rparts.headers, SystemTime::now());
@@ -285,7 +286,7 @@ impl Proxy {
                 if let Some(k) = rparts
                     .headers
                     .get(name)
-                    .and_then(|v| self.same_origin_key(&ctx, v))
+                    .and_then(|v| self.same_origin_key(ctx, v))
                 {
                     self.store.invalidate(&k);
                 }
@@ -342,7 +343,7 @@ impl Proxy {
         ctx: &Ctx,
         method: Method,
         body: Body,
-    ) -> Result<Request<Body>, Box<Response<Body>>> {
+    ) -> Option<Request<Body>> {
         let o = &upstream.settings;
         let pq = ctx.uri.path_and_query().map_or("/", |p| p.as_str());
         let path = if pq == "*" {
@@ -355,12 +356,7 @@ impl Proxy {
             .authority(o.authority.clone())
             .path_and_query(path)
             .build();
-        let Ok(uri) = uri else {
-            return Err(Box::new(plain(
-                StatusCode::BAD_REQUEST,
-                "400 Bad Request: invalid target\n",
-            )));
-        };
+        let uri = uri.ok()?;
         let mut headers = ctx.headers.clone();
         forward::strip_hop_by_hop(&mut headers);
         headers.remove(EXPECT); // 100-continue was handled on the client hop
@@ -389,7 +385,7 @@ impl Proxy {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
-        Ok(req)
+        Some(req)
     }
 
     /// Hop-by-hop fields go; a missing `Date` is added (RFC 9110 §6.6.1).

@@ -24,11 +24,15 @@ pub struct Running {
     pub addr: SocketAddr,
     pub proxy: Arc<Proxy>,
     task: JoinHandle<()>,
+    health_checks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        for t in &self.health_checks {
+            t.abort();
+        }
     }
 }
 
@@ -45,8 +49,14 @@ pub async fn start(settings: Settings) -> io::Result<Running> {
     let listener = TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     let proxy = Proxy::new(settings);
+    let health_checks = proxy.origins().spawn_health_checks();
     let task = tokio::spawn(accept_loop(listener, proxy.clone()));
-    Ok(Running { addr, proxy, task })
+    Ok(Running {
+        addr,
+        proxy,
+        task,
+        health_checks,
+    })
 }
 
 fn connection_builder(s: &Settings) -> auto::Builder<TokioExecutor> {

@@ -97,6 +97,12 @@ impl Reply {
             ..Reply::status(200)
         }
     }
+    /// Sends the first half of the body at once and the rest only after `release`
+    /// is notified (sets [`Reply::hold_last_chunk`]).
+    pub fn hold_second_half(mut self, release: Arc<Notify>) -> Reply {
+        self.hold_last_chunk = Some(release);
+        self
+    }
 }
 
 type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
@@ -353,6 +359,39 @@ impl Proxy {
         }
     }
 
+    /// Like [`Proxy::send`], but a failed request or a broken response body is an
+    /// `Err` (with the error text) instead of a panic. Still bounded: 30 s.
+    pub async fn try_send(&self, req: Request<Full<Bytes>>) -> Result<Res, String> {
+        let exchange = async {
+            let res = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let (parts, body) = res.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e:?}"))?
+                .to_bytes();
+            Ok(Res {
+                status: parts.status.as_u16(),
+                version: parts.version,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .expect("proxy answered (or failed) within 30 s")
+    }
+
+    /// `try_send` of a plain GET.
+    pub async fn try_get(&self, path: &str) -> Result<Res, String> {
+        self.try_send(Request::get(self.url(path)).body(Full::default()).unwrap())
+            .await
+    }
+
     pub fn store(&self) -> &lacquer::store::Store {
         self.running.proxy.store()
     }
@@ -366,4 +405,122 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in raw HTTP/1 text (`HTTP/1.1 400 ...`).
+pub fn raw_status(response: &str) -> Option<u16> {
+    let line = response.lines().next()?;
+    let mut parts = line.split_whitespace();
+    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
+    parts.next()?.parse().ok()
+}
+
+/// A loopback address where nothing listens: a port that was just free. (The
+/// kernel does not hand it out again right away; good enough for a test.)
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr
+}
+
+/// An origin that speaks broken HTTP: for every connection it reads the request
+/// head, writes `response` verbatim, closes its sending side and waits for the
+/// peer to close. Counts accepted connections.
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawOrigin {
+    pub async fn start(response: impl Into<Bytes>) -> RawOrigin {
+        let response: Bytes = response.into();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw origin");
+        let addr = listener.local_addr().expect("raw origin addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream.write_all(&response).await;
+                    let _ = stream.shutdown().await;
+                    // Drain until the peer closes, so closing never turns into a reset
+                    // that could destroy the bytes just written.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                        while let Ok(n) = stream.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                });
+            }
+        });
+        RawOrigin {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Panics seen per thread name, recorded by a hook that [`watch_panics`] installs
+/// (and that then calls the default hook). A `#[tokio::test]` runs the proxy's
+/// tasks on the test's own thread, so a panic inside a spawned proxy task, which
+/// tokio would swallow, is counted under the test's name.
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+pub fn watch_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            if let Ok(mut panics) = PANICS.lock() {
+                panics.push(name);
+            }
+            default(info);
+        }));
+    });
+}
+
+/// Panics recorded on the current thread since [`watch_panics`] was called.
+pub fn panics_on_this_thread() -> usize {
+    let name = std::thread::current().name().unwrap_or("").to_string();
+    PANICS
+        .lock()
+        .map(|p| p.iter().filter(|n| **n == name).count())
+        .unwrap_or(0)
 }
