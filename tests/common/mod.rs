@@ -57,6 +57,19 @@ pub struct Reply {
     pub hang: bool,
     /// Send the body in these chunks, waiting for `release` before the last one.
     pub hold_last_chunk: Option<Arc<Notify>>,
+    /// Wait for a permit of this gate before answering (the test opens it).
+    pub gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Wait at this barrier before answering (proves requests are concurrent).
+    pub barrier: Option<Arc<tokio::sync::Barrier>>,
+}
+
+/// A closed gate for [`Reply::gated`]; `open(&gate)` lets every waiting reply go.
+pub fn gate() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(0))
+}
+
+pub fn open(gate: &tokio::sync::Semaphore) {
+    gate.add_permits(1_000_000);
 }
 
 impl Reply {
@@ -71,7 +84,19 @@ impl Reply {
             delay: None,
             hang: false,
             hold_last_chunk: None,
+            gate: None,
+            barrier: None,
         }
+    }
+    /// Answer only once `gate` is opened.
+    pub fn gated(mut self, gate: &Arc<tokio::sync::Semaphore>) -> Reply {
+        self.gate = Some(gate.clone());
+        self
+    }
+    /// Answer only once `barrier`'s other parties have arrived too.
+    pub fn after_barrier(mut self, barrier: &Arc<tokio::sync::Barrier>) -> Reply {
+        self.barrier = Some(barrier.clone());
+        self
     }
     pub fn body(mut self, body: impl Into<Bytes>) -> Reply {
         self.body = body.into();
@@ -113,11 +138,13 @@ pub struct Origin {
     hits: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Origin {
     fn drop(&mut self) {
         self.task.abort();
+        self.shutdown.send_replace(true);
     }
 }
 
@@ -132,12 +159,14 @@ impl Origin {
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (h, s) = (hits.clone(), seen.clone());
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let (handler, hits, seen) = (handler.clone(), h.clone(), s.clone());
+                let mut down = shutdown_rx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (handler, hits, seen) = (handler.clone(), hits.clone(), seen.clone());
@@ -161,15 +190,25 @@ impl Origin {
                             if reply.hang {
                                 std::future::pending::<()>().await;
                             }
+                            if let Some(g) = &reply.gate {
+                                let _ = g.acquire().await.map(|p| p.forget());
+                            }
+                            if let Some(b) = &reply.barrier {
+                                b.wait().await;
+                            }
                             if let Some(d) = reply.delay {
                                 tokio::time::sleep(d).await;
                             }
                             Ok::<_, Infallible>(build(reply))
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    // `shutdown()` drops every open connection, not just the listener.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = down.wait_for(|d| *d) => {}
+                    }
                 });
             }
         });
@@ -178,7 +217,22 @@ impl Origin {
             hits,
             seen,
             task,
+            shutdown,
         }
+    }
+
+    /// Really goes away: the listener closes (connections are refused) and every
+    /// open connection is dropped. Returns once the port refuses connections.
+    pub async fn shutdown(&self) {
+        self.task.abort();
+        self.shutdown.send_replace(true);
+        for _ in 0..1000 {
+            if TcpStream::connect(self.addr).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("origin port still accepting after shutdown");
     }
 
     pub fn url(&self) -> String {
