@@ -18,14 +18,12 @@ async fn miss_then_hit_costs_one_origin_request() {
     let first = proxy.get("/a").await;
     assert_eq!(first.status, 200);
     assert_eq!(first.text(), "hello");
-    assert_eq!(
-        first.cache_status(),
-        "lacquer; fwd=uri-miss; fwd-status=200; stored; ttl=60"
-    );
+    first.assert_cache_status("lacquer; fwd=uri-miss; fwd-status=200; stored; ", 60);
     let second = proxy.get("/a").await;
     assert_eq!(second.text(), "hello");
     assert!(second.is_hit(), "{}", second.cache_status());
-    assert_eq!(second.age(), Some(0));
+    // Age has one-second resolution (HTTP dates do): 0, or 1 across a second boundary.
+    assert!(second.age().is_some_and(|a| a <= 1), "{:?}", second.age());
     assert_eq!(origin.hits(), 1);
     // Another URL is another entry; an empty query is the same resource.
     proxy.get("/b").await;
@@ -38,7 +36,7 @@ async fn s_maxage_beats_max_age() {
     let origin =
         Origin::start(|_| Reply::ok("x").header("cache-control", "max-age=0, s-maxage=120")).await;
     let proxy = Proxy::start(&origin).await;
-    assert!(proxy.get("/").await.cache_status().contains("ttl=120"));
+    assert!(matches!(proxy.get("/").await.ttl(), Some(119..=120)));
     assert!(proxy.get("/").await.is_hit());
     assert_eq!(origin.hits(), 1);
 }
@@ -55,7 +53,7 @@ async fn cdn_cache_control_beats_cache_control() {
     let proxy = Proxy::start(&origin).await;
     let first = proxy.get("/").await;
     assert!(
-        first.cache_status().contains("ttl=300"),
+        matches!(first.ttl(), Some(299..=300)),
         "{}",
         first.cache_status()
     );
@@ -82,11 +80,7 @@ async fn targeted_fields_are_configurable_and_can_be_stripped() {
     })
     .await;
     let res = proxy.get("/").await;
-    assert!(
-        res.cache_status().contains("ttl=50"),
-        "{}",
-        res.cache_status()
-    );
+    assert!(matches!(res.ttl(), Some(49..=50)), "{}", res.cache_status());
     assert_eq!(res.header("lacquer-cache-control"), None);
     assert_eq!(res.header("cache-control"), Some("max-age=5"));
 }
@@ -206,10 +200,7 @@ async fn stale_entry_is_revalidated_and_304_updates_headers() {
         Some("1"),
         "headers updated from the 304"
     );
-    assert_eq!(
-        second.cache_status(),
-        "lacquer; fwd=stale; fwd-status=304; stored; ttl=60"
-    );
+    second.assert_cache_status("lacquer; fwd=stale; fwd-status=304; stored; ", 60);
     assert_eq!(origin.last().header("if-none-match"), Some("\"v1\""));
     // Now fresh for 60 s with the updated headers.
     let third = proxy.get("/r").await;
@@ -422,12 +413,12 @@ async fn age_accounts_for_upstream_age_and_residence() {
     let proxy = Proxy::start(&origin).await;
     let miss = proxy.get("/").await;
     assert_eq!(
-        miss.header("age"),
-        Some("100"),
-        "origin's Age passes through on a miss"
+        miss.age().map(|a| (100..=101).contains(&a)),
+        Some(true),
+        "Age on a miss is the corrected initial age (at least the origin's)"
     );
     assert!(
-        miss.cache_status().contains("ttl=900"),
+        matches!(miss.ttl(), Some(899..=900)),
         "{}",
         miss.cache_status()
     );

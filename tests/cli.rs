@@ -192,9 +192,12 @@ async fn quickstart_origin_and_proxy_show_miss_hit_and_revalidation() {
     let url = format!("{base}/demo?cc=max-age%3D60");
     let miss = get(&client, &url).await;
     assert_eq!(miss.status, 200);
-    assert_eq!(
-        miss.cache_status,
-        "lacquer; fwd=uri-miss; fwd-status=200; stored; ttl=60"
+    // ttl=60, or 59 when the origin's Date (one-second resolution) makes it a second old.
+    assert!(
+        miss.cache_status == "lacquer; fwd=uri-miss; fwd-status=200; stored; ttl=60"
+            || miss.cache_status == "lacquer; fwd=uri-miss; fwd-status=200; stored; ttl=59",
+        "{}",
+        miss.cache_status
     );
     let hit = get(&client, &url).await;
     assert!(
@@ -215,11 +218,18 @@ async fn quickstart_origin_and_proxy_show_miss_hit_and_revalidation() {
     );
     let second = get(&client, &url).await;
     assert_eq!(second.status, 200);
-    assert_eq!(
-        second.cache_status,
-        "lacquer; fwd=stale; fwd-status=304; stored; ttl=0"
+    assert!(
+        second.cache_status == "lacquer; fwd=stale; fwd-status=304; stored; ttl=0"
+            || second.cache_status == "lacquer; fwd=stale; fwd-status=304; stored; ttl=-1",
+        "{}",
+        second.cache_status
     );
-    assert_eq!(second.age.as_deref(), Some("0"));
+    // One-second resolution: 0, or 1 across a second boundary.
+    assert!(
+        matches!(second.age.as_deref(), Some("0") | Some("1")),
+        "{:?}",
+        second.age
+    );
     assert_eq!(second.body, first.body);
 
     // The demo origin counted exactly the requests that went forward: 1 + 2.

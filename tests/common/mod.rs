@@ -315,6 +315,31 @@ impl Res {
     pub fn cache_status(&self) -> &str {
         self.header("cache-status").unwrap_or("")
     }
+    /// Checks `Cache-Status` against `prefix` followed by `ttl=N`, where N may be one
+    /// less than `ttl`: ages have one-second resolution, and the origin's `Date`
+    /// can make a fresh response up to a second old.
+    pub fn assert_cache_status(&self, prefix: &str, ttl: i64) {
+        let cs = self.cache_status();
+        let rest = cs.strip_prefix(prefix).and_then(|r| r.strip_prefix("ttl="));
+        let got: Option<i64> = rest.and_then(|t| t.parse().ok());
+        assert!(
+            matches!(got, Some(n) if n == ttl || n == ttl - 1),
+            "Cache-Status {cs:?}, want {prefix}ttl={ttl}"
+        );
+    }
+
+    /// The `ttl` parameter of our `Cache-Status` member.
+    pub fn ttl(&self) -> Option<i64> {
+        self.cache_status()
+            .rsplit("ttl=")
+            .next()?
+            .split(';')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     pub fn is_hit(&self) -> bool {
         self.cache_status().contains("lacquer; hit")
     }
