@@ -538,3 +538,42 @@ async fn max_connections_caps_what_the_origin_sees() {
     // Slots are released with the responses.
     assert_eq!(proxy.request("POST", "/w4", &[], "x").await.status, 200);
 }
+
+#[tokio::test]
+async fn early_refresh_renews_a_hot_entry_before_it_expires() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let nn = n.clone();
+    let origin = Origin::start(move |_| {
+        let v = nn.fetch_add(1, Ordering::SeqCst) + 1;
+        Reply::ok(format!("v{v}"))
+            .header("cache-control", "max-age=2")
+            .header("etag", &format!("\"{v}\""))
+    })
+    .await;
+    // A window far longer than the lifetime: each fresh hit refreshes with
+    // probability 1 - left/window (> 0.999 here).
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.cache.early_refresh = Duration::from_secs(3600)
+    })
+    .await;
+    assert_eq!(proxy.get("/hot").await.text(), "v1");
+    let mut refreshed = false;
+    for _ in 0..20 {
+        let res = proxy.get("/hot").await;
+        assert!(res.is_hit(), "hits are served while the refresh runs");
+        if origin.hits() >= 2 {
+            refreshed = true;
+            break;
+        }
+        activity(&proxy, |a| a.flights == 0).await;
+    }
+    assert!(refreshed, "a background refresh was triggered");
+    activity(&proxy, |a| a.flights == 0).await;
+    let res = proxy.get("/hot").await;
+    assert!(res.is_hit());
+    assert_eq!(
+        res.text(),
+        "v2",
+        "the refreshed object is served before the old one expired"
+    );
+}
