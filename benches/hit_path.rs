@@ -75,6 +75,10 @@ fn bench(c: &mut Criterion) {
             lifetime: Duration::from_secs(3600),
             directives: Directives::parse("max-age=3600"),
             variant: Variant::default(),
+            tags: Vec::new().into(),
+            fetched_gen: 0,
+            tags: Vec::new().into(),
+            fetched_gen: 0,
         },
     );
     let policy = Policy::default();
@@ -124,6 +128,10 @@ fn variants(c: &mut Criterion) {
                     lifetime: Duration::from_secs(3600),
                     directives: Directives::default(),
                     variant: Variant::of(&req, &names),
+                    tags: Vec::new().into(),
+                    fetched_gen: 0,
+                    tags: Vec::new().into(),
+                    fetched_gen: 0,
                 },
             );
         }

@@ -123,6 +123,16 @@ impl Flights {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Detaches every flight in progress (after a purge): requests arriving from now
+    /// on start new fetches instead of joining one that began before the purge. The
+    /// detached flights still answer the requests already waiting on them.
+    pub fn detach_all(&self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.len();
+        map.clear();
+        self.activity.send_modify(|a| a.flights -= n);
+    }
+
     /// Watches flights and waiters come and go.
     pub fn activity(&self) -> watch::Receiver<Activity> {
         self.activity.subscribe()

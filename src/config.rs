@@ -30,8 +30,116 @@ pub struct ConfigFile {
     pub vary: VarySection,
     /// `[[routes]]`: key rules for a host and/or path prefix; the first match wins.
     pub routes: Vec<RouteSection>,
+    /// `[tags]`: surrogate keys from response headers.
+    pub tags: TagsSection,
+    /// `[admin]`: the purge/stats API and its tokens.
+    pub admin: AdminSection,
     /// `[[origins]]`: the origins, in priority order. The first is the default.
     pub origins: Vec<OriginSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TagsSection {
+    /// Response headers carrying tags: `Surrogate-Key` is space-separated, the others
+    /// comma-separated.
+    pub headers: Vec<String>,
+    /// Remove them before responses go to clients.
+    pub strip: bool,
+    pub max_length: usize,
+    pub max_per_object: usize,
+}
+
+impl Default for TagsSection {
+    fn default() -> Self {
+        TagsSection { headers: vec!["Surrogate-Key".into(), "Cache-Tag".into()], strip: true, max_length: 256, max_per_object: 128 }
+    }
+}
+
+/// Operations a token may perform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Url,
+    Tag,
+    Prefix,
+    /// Purge everything: the break-glass scope.
+    All,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSection {
+    /// Named in the audit log (the secret never is).
+    pub name: String,
+    /// Environment variable holding the secret.
+    pub env: Option<String>,
+    /// File holding the secret (trailing newline ignored).
+    pub file: Option<String>,
+    pub operations: Vec<Operation>,
+    /// Allowed tags (`campaign:*` matches a prefix); empty: any tag.
+    pub tags: Vec<String>,
+    /// Allowed hosts for url and prefix purges; empty: any host.
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// A separate listener for the admin API; absent: it is served under
+    /// `/.lacquer/` on the client listener (token-protected like everything else).
+    pub listen: Option<SocketAddr>,
+    /// Client networks allowed to use the admin API and PURGE (CIDR); empty: any.
+    pub allow_ips: Vec<String>,
+    /// Most items (tags + urls + prefixes) in one purge.
+    pub max_batch: usize,
+    /// A repeated `request_id` within this window returns the first result.
+    #[serde(with = "humantime_serde")]
+    pub request_id_window: Duration,
+    /// Accept the `PURGE` method on the client listener (a token is still required).
+    pub purge_method: bool,
+    pub tokens: Vec<TokenSection>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: None,
+            allow_ips: Vec::new(),
+            max_batch: 1000,
+            request_id_window: Duration::from_secs(600),
+            purge_method: true,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// A validated token.
+#[derive(Clone)]
+pub struct Token {
+    pub name: String,
+    pub secret: Vec<u8>,
+    pub operations: Vec<Operation>,
+    pub tags: Vec<crate::key::NamePattern>,
+    pub hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Token").field("name", &self.name).field("operations", &self.operations).finish_non_exhaustive()
+    }
+}
+
+/// The validated admin settings.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: Option<SocketAddr>,
+    pub allow_ips: Vec<ipnet::IpNet>,
+    pub max_batch: usize,
+    pub request_id_window: Duration,
+    pub purge_method: bool,
+    pub tokens: Vec<Token>,
 }
 
 /// Query handling in keys.
@@ -221,6 +329,9 @@ pub struct CacheSection {
     pub forward_targeted_fields: bool,
     /// Most variants (Vary) kept per URL; beyond it the least recently used goes.
     pub max_variants: usize,
+    /// Obey `Surrogate-Control` (max-age, stale-while-revalidate, stale-if-error) above
+    /// every other field for Lacquer's own freshness; it is always removed downstream.
+    pub surrogate_control: bool,
     /// Serve stale this long past expiry while one background revalidation runs, when
     /// the response has no `stale-while-revalidate` of its own (RFC 5861).
     #[serde(with = "humantime_serde")]
@@ -259,6 +370,7 @@ impl Default for CacheSection {
             targeted_fields: vec!["CDN-Cache-Control".into()],
             forward_targeted_fields: true,
             max_variants: 32,
+            surrogate_control: true,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             unhealthy_grace: Duration::ZERO,
@@ -426,6 +538,8 @@ pub struct Settings {
     pub max_variants: usize,
     pub forward_targeted_fields: bool,
     pub key_rules: KeyRules,
+    pub tag_rules: crate::tags::TagRules,
+    pub admin: AdminSettings,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
     pub unhealthy_grace: Duration,
@@ -664,6 +778,75 @@ fn key_rule(
     })
 }
 
+fn tag_rules(t: &TagsSection) -> Result<crate::tags::TagRules, ConfigError> {
+    if !(1..=4096).contains(&t.max_length) {
+        return Err(err("tags.max_length", "must be between 1 and 4096"));
+    }
+    if !(1..=10_000).contains(&t.max_per_object) {
+        return Err(err("tags.max_per_object", "must be between 1 and 10000"));
+    }
+    Ok(crate::tags::TagRules {
+        headers: header_names(&t.headers, "tags.headers")?,
+        strip: t.strip,
+        max_length: t.max_length,
+        max_per_object: t.max_per_object,
+    })
+}
+
+fn admin_settings(a: &AdminSection) -> Result<AdminSettings, ConfigError> {
+    let mut allow_ips = Vec::new();
+    for (i, ip) in a.allow_ips.iter().enumerate() {
+        let net = ip
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| ip.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| err(format!("admin.allow_ips[{i}]"), format!("`{ip}` is not an IP address or CIDR network")))?;
+        allow_ips.push(net);
+    }
+    if !(1..=100_000).contains(&a.max_batch) {
+        return Err(err("admin.max_batch", "must be between 1 and 100000"));
+    }
+    let mut tokens = Vec::new();
+    for (i, t) in a.tokens.iter().enumerate() {
+        let key = |k: &str| format!("admin.tokens[{i}].{k}");
+        if t.name.is_empty() || !is_token(&t.name) {
+            return Err(err(key("name"), "a token needs a name (letters, digits, -._)"));
+        }
+        if tokens.iter().any(|x: &Token| x.name == t.name) {
+            return Err(err(key("name"), format!("`{}` is used twice", t.name)));
+        }
+        let secret = match (&t.env, &t.file) {
+            (Some(var), None) => std::env::var(var)
+                .map_err(|_| err(key("env"), format!("environment variable `{var}` is not set")))?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| err(key("file"), format!("cannot read `{path}`: {e}")))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            _ => return Err(err(key("env"), "give exactly one of `env` or `file` (never the secret itself)")),
+        };
+        if secret.len() < 16 {
+            return Err(err(key("env"), "the secret must be at least 16 characters"));
+        }
+        if t.operations.is_empty() {
+            return Err(err(key("operations"), "list at least one of url, tag, prefix, all"));
+        }
+        tokens.push(Token {
+            name: t.name.clone(),
+            secret: secret.into_bytes(),
+            operations: t.operations.clone(),
+            tags: t.tags.iter().map(|p| NamePattern::new(p)).collect(),
+            hosts: t.hosts.iter().map(|h| crate::key::normalize_host(h, "http")).collect(),
+        });
+    }
+    Ok(AdminSettings {
+        listen: a.listen,
+        allow_ips,
+        max_batch: a.max_batch,
+        request_id_window: a.request_id_window,
+        purge_method: a.purge_method,
+        tokens,
+    })
+}
+
 fn key_rules(file: &ConfigFile) -> Result<KeyRules, ConfigError> {
     let global_vary = vary_rules(&file.vary, &file.vary.allow_private, "vary.allow_private")?;
     let default = key_rule(&file.key, None, global_vary.clone())?;
@@ -871,12 +1054,15 @@ impl Settings {
                 store_set_cookie: c.store_set_cookie,
                 honor_client_no_cache: c.honor_client_no_cache,
                 targeted_fields,
+                surrogate_control: c.surrogate_control,
             },
             max_size: c.max_size.as_u64(),
             max_object_size: c.max_object_size.as_u64(),
             max_variants: c.max_variants,
             forward_targeted_fields: c.forward_targeted_fields,
             key_rules: key_rules(&file)?,
+            tag_rules: tag_rules(&file.tags)?,
+            admin: admin_settings(&file.admin)?,
             stale_while_revalidate: c.stale_while_revalidate,
             stale_if_error: c.stale_if_error,
             unhealthy_grace: c.unhealthy_grace,

@@ -207,6 +207,9 @@ impl Proxy {
             Some(oreq)
         };
 
+        // The purge generation before the request leaves: a purge after this point
+        // covers whatever comes back (purge.rs).
+        let fetched_gen = self.store.generation();
         let request_time = SystemTime::now();
         // GET without a body can be rebuilt: one retry on a connection failure.
         let res = match self.origins.send(build, true).await {
@@ -227,8 +230,9 @@ impl Proxy {
 
         if status == StatusCode::NOT_MODIFIED {
             if let Some(stale) = &job.stale {
-                let updated =
+                let mut updated =
                     self.refreshed(ctx, stale, &rparts.headers, request_time, response_time);
+                updated.fetched_gen = fetched_gen;
                 let (dirs, lifetime) = (&updated.directives, updated.lifetime);
                 let verdict = freshness::storable(
                     &ctx.headers,
@@ -296,6 +300,7 @@ impl Proxy {
                     freshness::corrected_initial_age(&rparts.headers, request_time, response_time);
                 let mut headers = rparts.headers;
                 headers.remove(AGE);
+                let tags = self.tags_of(ctx, &headers);
                 let entry = StoredResponse {
                     status,
                     headers,
@@ -306,6 +311,8 @@ impl Proxy {
                     lifetime,
                     directives: dirs,
                     variant: Variant::of(&ctx.headers, &names),
+                    tags,
+                    fetched_gen,
                 };
                 Exchange::Storable {
                     entry,
@@ -320,7 +327,7 @@ impl Proxy {
     /// replace the stored ones, freshness restarts from the 304's times.
     fn refreshed(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         stale: &StoredResponse,
         fresh: &HeaderMap,
         request_time: SystemTime,
@@ -346,9 +353,9 @@ impl Proxy {
             response_time,
             policy,
         );
+        let tags = self.tags_of(ctx, &headers);
         StoredResponse {
             status: stale.status,
-            headers,
             body: stale.body.clone(),
             request_time,
             response_time,
@@ -360,7 +367,26 @@ impl Proxy {
             lifetime,
             directives: dirs,
             variant: stale.variant.clone(),
+            tags,
+            fetched_gen: stale.fetched_gen,
+            headers,
         }
+    }
+
+    /// The response's tags, within the configured limits (a log line when cut).
+    fn tags_of(&self, ctx: &Ctx, headers: &HeaderMap) -> Arc<[Arc<str>]> {
+        let (tags, dropped) = crate::tags::extract(&self.settings.tag_rules, headers);
+        if dropped.too_long > 0 || dropped.over_count > 0 {
+            warn!(
+                key = %ctx.key.full,
+                too_long = dropped.too_long,
+                over_limit = dropped.over_count,
+                max_length = self.settings.tag_rules.max_length,
+                max_per_object = self.settings.tag_rules.max_per_object,
+                "tags dropped: over the configured limits"
+            );
+        }
+        tags.into()
     }
 
     /// Applies an exchange to the store and decides what the requests get. With a

@@ -27,6 +27,8 @@ pub struct Policy {
     pub honor_client_no_cache: bool,
     /// Targeted cache-control fields, highest priority first (RFC 9213).
     pub targeted_fields: Vec<HeaderName>,
+    /// Obey `Surrogate-Control` above everything (and strip it downstream).
+    pub surrogate_control: bool,
 }
 
 impl Default for Policy {
@@ -37,6 +39,7 @@ impl Default for Policy {
             store_set_cookie: false,
             honor_client_no_cache: true,
             targeted_fields: vec![HeaderName::from_static("cdn-cache-control")],
+            surrogate_control: true,
         }
     }
 }
@@ -99,13 +102,33 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
 /// The directives Lacquer obeys for its own freshness: the first valid targeted
 /// field (RFC 9213 §2.2), else `Cache-Control`. When a targeted field is used,
 /// `Cache-Control` and `Expires` are ignored for our own caching decisions.
+/// `Surrogate-Control`: directives for surrogates (proxies) only, in Cache-Control
+/// syntax; highest priority of all when enabled.
+pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
 pub fn effective_directives(headers: &HeaderMap, policy: &Policy) -> (Directives, bool) {
+    if policy.surrogate_control && headers.contains_key(&SURROGATE_CONTROL) {
+        let mut d = Directives::default();
+        for v in headers.get_all(&SURROGATE_CONTROL) {
+            let parsed = Directives::parse(&String::from_utf8_lossy(v.as_bytes()));
+            d = merge_surrogate(d, parsed);
+        }
+        return (d, true);
+    }
     for field in &policy.targeted_fields {
         if let Some(d) = Directives::from_targeted(headers, field) {
             return (d, true);
         }
     }
     (Directives::from_cache_control(headers), false)
+}
+
+fn merge_surrogate(mut a: Directives, b: Directives) -> Directives {
+    a.max_age = b.max_age.or(a.max_age);
+    a.no_store |= b.no_store;
+    a.stale_while_revalidate = b.stale_while_revalidate.or(a.stale_while_revalidate);
+    a.stale_if_error = b.stale_if_error.or(a.stale_if_error);
+    a
 }
 
 /// May this response to a GET be stored by a shared cache? (§3, §3.5, §5.2.2)
@@ -499,6 +522,8 @@ mod tests {
                 0,
                 LifetimeSource::None,
             ),
+            // Surrogate-Control is above every other field.
+            (vec![("surrogate-control", "max-age=900"), ("cdn-cache-control", "max-age=600"), ("cache-control", "max-age=5")], 900, LifetimeSource::MaxAge),
             // An invalid targeted field falls back to Cache-Control.
             (
                 vec![

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md at the top of the repository for the map of modules and the
 //! life of a request.
 
+pub mod admin;
 pub mod body;
 pub mod coalesce;
 pub mod conditional;
@@ -17,5 +18,7 @@ pub mod origin;
 pub mod outcome;
 pub mod proxy;
 pub mod server;
+pub mod purge;
 pub mod store;
+pub mod tags;
 pub mod vary;

@@ -54,6 +54,8 @@ pub struct Proxy {
     pub(crate) flights: Arc<Flights>,
     /// Keys whose responses could not be shared recently (hit-for-miss).
     pub(crate) uncacheable: moka::sync::Cache<u128, ()>,
+    /// Results of recent purges by (token, request_id), for idempotent replays.
+    pub(crate) purge_results: moka::sync::Cache<String, Arc<serde_json::Value>>,
 }
 
 /// What a request needs to know about itself along the way (its body excepted).
@@ -84,7 +86,12 @@ impl Proxy {
                     .max(std::time::Duration::from_millis(1)),
             )
             .build();
+        let purge_results = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(settings.admin.request_id_window.max(std::time::Duration::from_millis(1)))
+            .build();
         Arc::new(Proxy {
+            purge_results,
             settings: Arc::new(settings),
             store,
             origins,
@@ -141,6 +148,14 @@ impl Proxy {
             );
         }
 
+        // The admin API on the client listener, unless it has a listener of its own.
+        if s.admin.listen.is_none() {
+            if let Some(rest) = req.uri().path().strip_prefix("/.lacquer") {
+                let rest = rest.to_string();
+                return self.admin(req, client, &rest).await;
+            }
+        }
+
         let (mut parts, body) = req.into_parts();
         // Poisoning vectors go before anything (key, origin) can see them.
         for name in &s.strip_request_headers {
@@ -179,6 +194,10 @@ impl Proxy {
             key,
             req_dirs,
         };
+        if ctx.method.as_str() == "PURGE" {
+            // Never forwarded: answered here, with a token (admin.rs).
+            return self.purge_method(&ctx.headers, &ctx.uri, &ctx.host_norm, &ctx.key, &ctx.client);
+        }
         let mut res = if cacheable {
             self.cached(&ctx).await
         } else {
@@ -193,8 +212,18 @@ impl Proxy {
     /// GET and HEAD: serve from the store, or go forward and maybe store.
     async fn cached(self: &Arc<Self>, ctx: &Ctx) -> Response<Body> {
         let now = SystemTime::now();
-        let (stale, fwd) = match self.store.lookup(&ctx.key, &ctx.headers) {
-            Lookup::Hit(entry) => {
+        let found = match self.store.lookup(&ctx.key, &ctx.headers) {
+            Lookup::Hit(entry) => Ok(entry),
+            // Soft purge: from now on the entry counts as expired (stale content only).
+            Lookup::SoftPurged(entry) => Ok(Arc::new(StoredResponse {
+                lifetime: std::time::Duration::ZERO,
+                ..(*entry).clone()
+            })),
+            Lookup::VaryMiss => Err(Fwd::VaryMiss),
+            Lookup::Miss => Err(Fwd::UriMiss),
+        };
+        let (stale, fwd) = match found {
+            Ok(entry) => {
                 let age = entry.age(now);
                 match freshness::reuse(
                     age,
@@ -229,8 +258,7 @@ impl Proxy {
                     Reuse::Validate(_) => (Some(entry), Fwd::Stale),
                 }
             }
-            Lookup::VaryMiss => (None, Fwd::VaryMiss),
-            Lookup::Miss => (None, Fwd::UriMiss),
+            Err(fwd) => (None, fwd),
         };
         if ctx.req_dirs.only_if_cached {
             // RFC 9111 §5.2.1.7: nothing usable without going forward.
@@ -538,6 +566,15 @@ impl Proxy {
         if !self.settings.forward_targeted_fields {
             for f in &self.settings.policy.targeted_fields {
                 headers.remove(f);
+            }
+        }
+        if self.settings.policy.surrogate_control {
+            // Surrogate-Control is for surrogates only: never sent downstream.
+            headers.remove(&freshness::SURROGATE_CONTROL);
+        }
+        if self.settings.tag_rules.strip {
+            for h in &self.settings.tag_rules.headers {
+                headers.remove(h);
             }
         }
         debug!(

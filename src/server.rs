@@ -22,6 +22,8 @@ use crate::proxy::{ClientInfo, Proxy};
 /// A running proxy. Dropping it stops accepting connections.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address, when it has one of its own.
+    pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     task: JoinHandle<()>,
     health_checks: Vec<JoinHandle<()>>,
@@ -49,10 +51,21 @@ pub async fn start(settings: Settings) -> io::Result<Running> {
     let listener = TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     let proxy = Proxy::new(settings);
-    let health_checks = proxy.origins().spawn_health_checks();
+    let mut health_checks = proxy.origins().spawn_health_checks();
+    health_checks.push(tokio::spawn(sweeper(proxy.clone())));
+    let admin_addr = match proxy.settings().admin.listen {
+        Some(addr) => {
+            let admin = TcpListener::bind(addr).await?;
+            let bound = admin.local_addr()?;
+            health_checks.push(tokio::spawn(admin_loop(admin, proxy.clone())));
+            Some(bound)
+        }
+        None => None,
+    };
     let task = tokio::spawn(accept_loop(listener, proxy.clone()));
     Ok(Running {
         addr,
+        admin_addr,
         proxy,
         task,
         health_checks,
@@ -124,6 +137,46 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
             if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
+        });
+    }
+}
+
+/// Reclaims the memory of purged entries in the background, once per second when
+/// purges happened (the purge itself only wrote marks).
+async fn sweeper(proxy: Arc<Proxy>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if proxy.store().needs_sweep() {
+            let p = proxy.clone();
+            let removed = tokio::task::spawn_blocking(move || p.store().sweep()).await.unwrap_or(0);
+            debug!(removed, "purge sweep");
+        }
+    }
+}
+
+/// The dedicated admin listener: only admin routes, at the root (or under `/.lacquer`).
+async fn admin_loop(listener: TcpListener, proxy: Arc<Proxy>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let client = ClientInfo { addr: peer, scheme: "http" };
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let proxy = proxy.clone();
+                async move {
+                    let path = req.uri().path();
+                    let path = path.strip_prefix("/.lacquer").unwrap_or(path).to_string();
+                    Ok::<_, Infallible>(proxy.admin(req, client, &path).await)
+                }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

@@ -5,10 +5,13 @@
 //! is an `Arc` clone plus a `Bytes` clone: no re-parsing.
 //!
 //! Invariants: only complete responses are inserted; a `Vary: *` response is never
-//! inserted; a key never holds more than `max_variants` variants.
+//! inserted; a key never holds more than `max_variants` variants; nothing fetched
+//! before a purge that covers it is returned as valid (see `purge.rs`); the tag
+//! counters equal the tags of what is stored (kept on insert and on every removal).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -18,6 +21,7 @@ use moka::sync::Cache;
 
 use crate::directives::Directives;
 use crate::key::{CacheKey, Variant};
+use crate::purge::{Marker, Purge, Subject, Validity};
 
 /// A stored response and the facts freshness needs (RFC 9111 §4.2.3).
 #[derive(Debug, Clone)]
@@ -34,6 +38,10 @@ pub struct StoredResponse {
     pub directives: Directives,
     /// The request fields that selected this variant.
     pub variant: Variant,
+    /// Surrogate keys (tags) of this response.
+    pub tags: Arc<[Arc<str>]>,
+    /// The purge generation when its origin request started (see `purge.rs`).
+    pub fetched_gen: u64,
 }
 
 impl StoredResponse {
@@ -84,28 +92,84 @@ impl KeyEntry {
 #[derive(Debug)]
 pub enum Lookup {
     Hit(Arc<StoredResponse>),
+    /// A soft purge covers it: usable only as stale content.
+    SoftPurged(Arc<StoredResponse>),
     /// Something is stored under the key, but no variant matches this request.
     VaryMiss,
     Miss,
+}
+
+type TagCounts = Arc<Mutex<HashMap<Arc<str>, usize>>>;
+
+/// What a purge did (or, for a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeReport {
+    /// Stored entries (variants) carrying each tag.
+    pub tags: std::collections::BTreeMap<String, usize>,
+    /// Variants stored under each URL.
+    pub urls: std::collections::BTreeMap<String, usize>,
+    /// Entries under each prefix: counted for dry runs only (a count is a scan).
+    pub prefixes: std::collections::BTreeMap<String, Option<usize>>,
+    /// Every entry, for `all`.
+    pub all: Option<u64>,
+    pub soft: bool,
+    pub dry_run: bool,
+    /// The purge generation (0 for a dry run).
+    pub generation: u64,
 }
 
 pub struct Store {
     cache: Cache<u128, Arc<KeyEntry>>,
     max_variants: usize,
     tick: AtomicU64,
+    marker: Marker,
+    tag_counts: TagCounts,
+    swept: AtomicU64,
+}
+
+fn count_tags(counts: &TagCounts, entry: &KeyEntry, add: bool) {
+    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    for slot in &entry.variants {
+        for tag in slot.response.tags.iter() {
+            if add {
+                *counts.entry(tag.clone()).or_default() += 1;
+            } else if let Some(n) = counts.get_mut(tag) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(tag);
+                }
+            }
+        }
+    }
 }
 
 impl Store {
     pub fn new(max_bytes: u64, max_variants: usize) -> Store {
+        let tag_counts: TagCounts = Arc::default();
+        let counts = tag_counts.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &u128, v: &Arc<KeyEntry>| v.weight())
+            // Every way out (replaced, invalidated, evicted) keeps the tag index exact.
+            .eviction_listener(move |_k, v: Arc<KeyEntry>, _cause| count_tags(&counts, &v, false))
             .build();
         Store {
             cache,
             max_variants,
             tick: AtomicU64::new(1),
+            marker: Marker::default(),
+            tag_counts,
+            swept: AtomicU64::new(0),
         }
+    }
+
+    /// The purge generation to record when a fetch starts.
+    pub fn generation(&self) -> u64 {
+        self.marker.current()
+    }
+
+    fn judge(&self, key_full: &str, digest: u128, r: &StoredResponse) -> Validity {
+        self.marker.judge(&Subject { fetched_gen: r.fetched_gen, tags: &r.tags, key_full, digest })
     }
 
     pub fn lookup(&self, key: &CacheKey, req: &HeaderMap) -> Lookup {
@@ -125,7 +189,11 @@ impl Store {
                     v.used
                         .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
                 }
-                Lookup::Hit(v.response.clone())
+                match self.judge(&entry.full_key, key.digest, &v.response) {
+                    Validity::Valid => Lookup::Hit(v.response.clone()),
+                    Validity::SoftPurged => Lookup::SoftPurged(v.response.clone()),
+                    Validity::HardPurged => Lookup::Miss,
+                }
             }
             None => Lookup::VaryMiss,
         }
@@ -134,7 +202,15 @@ impl Store {
     /// Stores a variant. It replaces the variant with the same selecting values; a
     /// different set of Vary names replaces all older variants (the origin changed
     /// its selection rule). Beyond `max_variants` the least recently used goes.
-    pub fn insert(&self, key: &CacheKey, response: StoredResponse) {
+    ///
+    /// A response whose fetch started before a hard purge covering it is not stored
+    /// (the in-flight race); before a soft purge, it is stored already stale.
+    pub fn insert(&self, key: &CacheKey, mut response: StoredResponse) {
+        match self.judge(&key.full, key.digest, &response) {
+            Validity::Valid => {}
+            Validity::SoftPurged => response.lifetime = Duration::ZERO,
+            Validity::HardPurged => return,
+        }
         let response = Arc::new(response);
         let max = self.max_variants;
         let now = self.tick.fetch_add(1, Ordering::Relaxed);
@@ -166,11 +242,129 @@ impl Store {
                     .unwrap_or(0);
                 variants.remove(lru);
             }
-            Arc::new(KeyEntry {
+            let entry = KeyEntry {
                 full_key: key.full.clone(),
                 variants,
-            })
+            };
+            count_tags(&self.tag_counts, &entry, true);
+            Arc::new(entry)
         });
+    }
+
+    /// Variants stored under `key`.
+    pub fn variants(&self, key: &CacheKey) -> usize {
+        self.cache
+            .get(&key.digest)
+            .filter(|e| e.full_key == key.full)
+            .map_or(0, |e| e.variants.len())
+    }
+
+    /// Applies a purge: O(items) marks, plus the removal of each purged URL's
+    /// variants. `url_keys` are the keys of `purge.urls`, in order.
+    pub fn purge(&self, purge: &Purge, url_keys: &[CacheKey]) -> PurgeReport {
+        self.cache.run_pending_tasks();
+        let mut report = PurgeReport { soft: purge.soft, dry_run: purge.dry_run, ..PurgeReport::default() };
+        {
+            let counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
+            for t in &purge.tags {
+                report.tags.insert(t.clone(), counts.get(t.as_str()).copied().unwrap_or(0));
+            }
+        }
+        for (url, key) in purge.urls.iter().zip(url_keys) {
+            report.urls.insert(url.clone(), self.variants(key));
+        }
+        for p in &purge.prefixes {
+            let count = purge.dry_run.then(|| {
+                let want = crate::purge::normalize_prefix(p);
+                self.cache
+                    .iter()
+                    .filter(|(_, e)| e.full_key.split_once("://").is_some_and(|(_, r)| r.starts_with(want.as_str())))
+                    .map(|(_, e)| e.variants.len())
+                    .sum()
+            });
+            report.prefixes.insert(p.clone(), count);
+        }
+        if purge.all {
+            report.all = Some(self.cache.entry_count());
+        }
+        if purge.dry_run {
+            return report;
+        }
+        let digests: Vec<u128> = url_keys.iter().map(|k| k.digest).collect();
+        report.generation = self.marker.mark(purge, &digests);
+        if !purge.soft {
+            for key in url_keys {
+                self.invalidate(key);
+            }
+        }
+        report
+    }
+
+    /// Reclaims the memory of purged entries: hard-purged variants go, soft-purged
+    /// ones are rewritten as stale (lifetime 0) and judged no more; then the marks
+    /// up to the sweep's start generation are dropped. Returns variants removed.
+    pub fn sweep(&self) -> usize {
+        let started = self.marker.last_purge();
+        self.swept.store(started, Ordering::Release);
+        let mut removed = 0;
+        for (digest, entry) in self.cache.iter() {
+            let verdicts: Vec<Validity> = entry
+                .variants
+                .iter()
+                .map(|v| self.judge(&entry.full_key, *digest, &v.response))
+                .collect();
+            if verdicts.iter().all(|v| *v == Validity::Valid) {
+                continue;
+            }
+            let mut variants = Vec::new();
+            for (slot, verdict) in entry.variants.iter().zip(&verdicts) {
+                match verdict {
+                    Validity::HardPurged => removed += 1,
+                    Validity::Valid => variants.push(Slot {
+                        response: slot.response.clone(),
+                        used: AtomicU64::new(slot.used.load(Ordering::Relaxed)),
+                    }),
+                    Validity::SoftPurged => {
+                        let stale = StoredResponse {
+                            lifetime: Duration::ZERO,
+                            fetched_gen: started,
+                            ..(*slot.response).clone()
+                        };
+                        variants.push(Slot {
+                            response: Arc::new(stale),
+                            used: AtomicU64::new(slot.used.load(Ordering::Relaxed)),
+                        });
+                    }
+                }
+            }
+            let full_key = entry.full_key.clone();
+            if variants.is_empty() {
+                self.cache.invalidate(&*digest);
+            } else {
+                let rewritten = KeyEntry { full_key, variants };
+                count_tags(&self.tag_counts, &rewritten, true);
+                self.cache.insert(*digest, Arc::new(rewritten));
+            }
+        }
+        self.marker.forget_up_to(started);
+        self.cache.run_pending_tasks();
+        removed
+    }
+
+    /// True when purges happened since the last sweep started.
+    pub fn needs_sweep(&self) -> bool {
+        self.marker.last_purge() > self.swept.load(Ordering::Acquire)
+    }
+
+    /// Distinct tags in the tag index.
+    pub fn tag_index_len(&self) -> usize {
+        self.cache.run_pending_tasks();
+        self.tag_counts.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Purge marks currently held.
+    pub fn purge_marks(&self) -> usize {
+        self.marker.mark_count()
     }
 
     /// Removes every variant stored under `key` (RFC 9111 §4.4 invalidation).
@@ -199,6 +393,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::key::{primary_key, KeyRule};
+    use crate::purge::Purge;
     use http::header::{HeaderName, HeaderValue};
 
     fn stored(variant: Variant, body: &'static str) -> StoredResponse {
@@ -212,6 +407,8 @@ mod tests {
             lifetime: Duration::from_secs(60),
             directives: Directives::default(),
             variant,
+            tags: Vec::new().into(),
+            fetched_gen: 0,
         }
     }
 
@@ -247,6 +444,84 @@ mod tests {
         }
         store.invalidate(&key);
         assert!(matches!(store.lookup(&key, &req("en")), Lookup::Miss));
+    }
+
+    fn tagged(tags: &[&str], gen: u64) -> StoredResponse {
+        let mut r = stored(Variant::default(), "x");
+        r.tags = tags.iter().map(|t| Arc::<str>::from(*t)).collect::<Vec<_>>().into();
+        r.fetched_gen = gen;
+        r
+    }
+
+    fn key(path: &str) -> CacheKey {
+        primary_key(&KeyRule::default(), "http", "shop", path, &HeaderMap::new())
+    }
+
+    #[test]
+    fn tag_purge_is_counted_judged_swept_and_the_index_empties() {
+        let store = Store::new(1 << 20, 4);
+        let g = store.generation();
+        for i in 0..10 {
+            store.insert(&key(&format!("/p/{i}")), tagged(&["campaign:summer", &format!("product:{i}")], g));
+        }
+        store.insert(&key("/other"), tagged(&["page:home"], g));
+        assert_eq!(store.tag_index_len(), 12);
+        let purge = Purge { tags: vec!["campaign:summer".into()], ..Purge::default() };
+        let dry = store.purge(&Purge { dry_run: true, ..purge.clone() }, &[]);
+        assert_eq!(dry.tags["campaign:summer"], 10);
+        assert!(matches!(store.lookup(&key("/p/3"), &HeaderMap::new()), Lookup::Hit(_)), "dry run changes nothing");
+        let report = store.purge(&purge, &[]);
+        assert_eq!(report.tags["campaign:summer"], 10);
+        assert!(matches!(store.lookup(&key("/p/3"), &HeaderMap::new()), Lookup::Miss));
+        assert!(matches!(store.lookup(&key("/other"), &HeaderMap::new()), Lookup::Hit(_)));
+        // A fetch that started before the purge cannot bring the entry back.
+        store.insert(&key("/p/3"), tagged(&["campaign:summer"], g));
+        assert!(matches!(store.lookup(&key("/p/3"), &HeaderMap::new()), Lookup::Miss));
+        // One that started after it can.
+        store.insert(&key("/p/3"), tagged(&["campaign:summer"], store.generation()));
+        assert!(matches!(store.lookup(&key("/p/3"), &HeaderMap::new()), Lookup::Hit(_)));
+        // The sweeper reclaims the purged entries, the index follows, the marks go.
+        assert!(store.needs_sweep());
+        assert_eq!(store.sweep(), 9);
+        assert!(!store.needs_sweep());
+        assert_eq!(store.purge_marks(), 0);
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.tag_index_len(), 2, "campaign:summer (the new /p/3) and page:home");
+        // A late fetch from before the purge is still refused after the marks are gone.
+        store.insert(&key("/p/4"), tagged(&["campaign:summer"], g));
+        assert!(matches!(store.lookup(&key("/p/4"), &HeaderMap::new()), Lookup::Miss));
+        // Everything evicted: the index is empty.
+        store.invalidate(&key("/p/3"));
+        store.invalidate(&key("/other"));
+        assert_eq!(store.tag_index_len(), 0);
+    }
+
+    #[test]
+    fn soft_purge_keeps_entries_as_stale() {
+        let store = Store::new(1 << 20, 4);
+        store.insert(&key("/s"), tagged(&["t"], store.generation()));
+        store.purge(&Purge { tags: vec!["t".into()], soft: true, ..Purge::default() }, &[]);
+        assert!(matches!(store.lookup(&key("/s"), &HeaderMap::new()), Lookup::SoftPurged(_)));
+        store.sweep();
+        // Rewritten as expired; no longer needs a mark.
+        match store.lookup(&key("/s"), &HeaderMap::new()) {
+            Lookup::Hit(e) => assert_eq!(e.lifetime, Duration::ZERO),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.purge_marks(), 0);
+    }
+
+    #[test]
+    fn url_purge_removes_every_variant() {
+        let store = Store::new(1 << 20, 4);
+        let names = [HeaderName::from_static("accept-language")];
+        store.insert(&key("/u"), stored(Variant::of(&req("en"), &names), "en"));
+        store.insert(&key("/u"), stored(Variant::of(&req("fr"), &names), "fr"));
+        let purge = Purge { urls: vec!["http://shop/u".into()], ..Purge::default() };
+        let report = store.purge(&purge, &[key("/u")]);
+        assert_eq!(report.urls["http://shop/u"], 2);
+        assert!(matches!(store.lookup(&key("/u"), &req("en")), Lookup::Miss));
+        assert!(matches!(store.lookup(&key("/u"), &req("fr")), Lookup::Miss));
     }
 
     #[test]

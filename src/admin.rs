@@ -1,0 +1,265 @@
+//! The admin API and the `PURGE` method: authentication (tokens compared in
+//! constant time, never logged), scopes, the JSON purge batch with idempotent
+//! request ids and dry runs, stats and health, and the audit log.
+//!
+//! Every route produces a [`Purge`] value and hands it to `Store::purge`: one
+//! function applies purges, whoever asked.
+//!
+//! Routes (under `/.lacquer/` on the client listener, or at the root of the
+//! dedicated admin listener): `POST /purge`, `GET /stats`, `GET /healthz`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use subtle::ConstantTimeEq;
+use tracing::info;
+
+use crate::body::{self, Body};
+use crate::config::{Operation, Token};
+use crate::key::{self, CacheKey};
+use crate::proxy::{ClientInfo, Proxy};
+use crate::purge::Purge;
+use crate::store::PurgeReport;
+
+/// Largest purge request body accepted.
+const MAX_BODY: usize = 1024 * 1024;
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut res = Response::new(body::full(format!("{value}\n")));
+    *res.status_mut() = status;
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn problem(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+impl Proxy {
+    /// Is this client allowed to talk to the admin API at all?
+    fn admin_ip_allowed(&self, ip: IpAddr) -> bool {
+        let allow = &self.settings.admin.allow_ips;
+        allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The token presented as `Authorization: Bearer …`, compared in constant time
+    /// against every configured token (no early exit, no secret in any log).
+    fn authenticate(&self, req_headers: &http::HeaderMap) -> Option<&Token> {
+        let presented = req_headers.get(AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim().as_bytes();
+        let mut found = None;
+        for t in &self.settings.admin.tokens {
+            let same: bool = t.secret.as_slice().ct_eq(presented).into();
+            if same && found.is_none() {
+                found = Some(t);
+            }
+        }
+        found
+    }
+
+    /// 401/403 before anything else happens; the token when the caller may proceed.
+    fn authorize(&self, client: &ClientInfo, headers: &http::HeaderMap) -> Result<&Token, Response<Body>> {
+        if !self.admin_ip_allowed(client.addr.ip()) {
+            return Err(problem(StatusCode::FORBIDDEN, "client address not allowed"));
+        }
+        match self.authenticate(headers) {
+            Some(t) => Ok(t),
+            None => {
+                let mut res = problem(StatusCode::UNAUTHORIZED, "missing or invalid token");
+                res.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Err(res)
+            }
+        }
+    }
+
+    /// Admin routes. `path` is relative to the admin root (`/purge`, `/stats`, …).
+    pub async fn admin(self: &Arc<Self>, req: Request<Incoming>, client: ClientInfo, path: &str) -> Response<Body> {
+        match (req.method(), path) {
+            (&Method::GET, "/healthz") => {
+                if self.origins.all_unhealthy() {
+                    problem(StatusCode::SERVICE_UNAVAILABLE, "no healthy origin")
+                } else {
+                    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+                }
+            }
+            (&Method::GET, "/stats") => match self.authorize(&client, req.headers()) {
+                Err(res) => res,
+                Ok(_) => json(StatusCode::OK, &self.stats()),
+            },
+            (&Method::POST, "/purge") => {
+                let token = match self.authorize(&client, req.headers()) {
+                    Err(res) => return res,
+                    Ok(t) => t.clone(),
+                };
+                let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => return problem(StatusCode::BAD_REQUEST, "request body unreadable or over 1 MiB"),
+                };
+                let purge: Purge = match serde_json::from_slice(&bytes) {
+                    Ok(p) => p,
+                    Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("invalid purge JSON: {e}")),
+                };
+                self.run_purge(purge, &token, &client, "api")
+            }
+            (_, "/healthz" | "/stats" | "/purge") => problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+            _ => problem(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+
+    /// The `PURGE` method on a URL: every variant stored for it. `Lacquer-Soft-Purge: 1`
+    /// makes it soft.
+    pub(crate) fn purge_method(&self, headers: &http::HeaderMap, uri: &Uri, host: &str, key: &CacheKey, client: &ClientInfo) -> Response<Body> {
+        if !self.settings.admin.purge_method {
+            return problem(StatusCode::METHOD_NOT_ALLOWED, "PURGE is disabled on this listener");
+        }
+        let token = match self.authorize(client, headers) {
+            Err(res) => return res,
+            Ok(t) => t.clone(),
+        };
+        let soft = headers.get("lacquer-soft-purge").is_some_and(|v| v == "1" || v == "true");
+        let url = format!("{}://{}{}", client.scheme, host, uri.path_and_query().map_or("/", |p| p.as_str()));
+        let purge = Purge { urls: vec![url], soft, ..Purge::default() };
+        self.apply_purge(purge, vec![key.clone()], &token, client, "purge-method")
+    }
+
+    fn run_purge(&self, purge: Purge, token: &Token, client: &ClientInfo, via: &'static str) -> Response<Body> {
+        if let Err(message) = purge.validate(self.settings.admin.max_batch) {
+            return problem(StatusCode::BAD_REQUEST, &message);
+        }
+        let mut keys = Vec::new();
+        for (i, url) in purge.urls.iter().enumerate() {
+            match self.url_key(url) {
+                Some(k) => keys.push(k),
+                None => return problem(StatusCode::BAD_REQUEST, &format!("urls[{i}] {url:?} is not an absolute http(s) URL")),
+            }
+        }
+        self.apply_purge(purge, keys, token, client, via)
+    }
+
+    /// Scope, idempotency, the purge itself, the audit line.
+    fn apply_purge(&self, purge: Purge, keys: Vec<CacheKey>, token: &Token, client: &ClientInfo, via: &'static str) -> Response<Body> {
+        if let Err(message) = scope_check(token, &purge) {
+            info!(target: "lacquer::audit", token = %token.name, via, client = %client.addr.ip(), refused = %message, "purge refused");
+            return problem(StatusCode::FORBIDDEN, &message);
+        }
+        let replay_key = purge.request_id.as_ref().map(|id| format!("{}\u{0}{id}", token.name));
+        if let Some(k) = &replay_key {
+            if let Some(first) = self.purge_results.get(k) {
+                let mut res = json(StatusCode::OK, &first);
+                res.headers_mut().insert("lacquer-idempotent-replay", HeaderValue::from_static("true"));
+                return res;
+            }
+        }
+        let report: PurgeReport = self.store.purge(&purge, &keys);
+        if !purge.dry_run {
+            // Requests after the purge must not join a fetch that began before it.
+            self.flights.detach_all();
+        }
+        let body = serde_json::json!({
+            "request_id": purge.request_id,
+            "token": token.name,
+            "report": report,
+        });
+        info!(
+            target: "lacquer::audit",
+            token = %token.name,
+            via,
+            client = %client.addr.ip(),
+            tags = ?purge.tags,
+            urls = ?purge.urls,
+            prefixes = ?purge.prefixes,
+            all = purge.all,
+            soft = purge.soft,
+            dry_run = purge.dry_run,
+            request_id = purge.request_id.as_deref().unwrap_or(""),
+            counts = %serde_json::to_string(&report).unwrap_or_default(),
+            generation = report.generation,
+            "purge"
+        );
+        if purge.all && !purge.dry_run {
+            tracing::warn!(target: "lacquer::audit", token = %token.name, "BREAK-GLASS: everything purged");
+        }
+        let body = Arc::new(body);
+        if let Some(k) = replay_key {
+            if !purge.dry_run {
+                self.purge_results.insert(k, body.clone());
+            }
+        }
+        json(StatusCode::OK, &body)
+    }
+
+    /// The key of an absolute URL, as a plain request for it would have.
+    fn url_key(&self, url: &str) -> Option<CacheKey> {
+        let uri: Uri = url.parse().ok()?;
+        let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
+        let host = key::normalize_host(uri.authority()?.as_str(), scheme);
+        let rule = self.settings.key_rules.rule_for(&host, uri.path());
+        let mut headers = http::HeaderMap::new();
+        rule.vary.normalize_request(&mut headers);
+        Some(key::primary_key(rule, scheme, &host, uri.path_and_query().map_or("/", |p| p.as_str()), &headers))
+    }
+
+    /// The figures of `GET /stats`.
+    pub fn stats(&self) -> serde_json::Value {
+        let activity = *self.flights.activity().borrow();
+        let origins: Vec<serde_json::Value> = self
+            .origins
+            .list()
+            .iter()
+            .map(|u| serde_json::json!({ "name": u.settings.name, "healthy": u.is_healthy() }))
+            .collect();
+        serde_json::json!({
+            "entries": self.store.len(),
+            "bytes": self.store.weighted_size(),
+            "tag_index": self.store.tag_index_len(),
+            "purge_marks": self.store.purge_marks(),
+            "flights": activity.flights,
+            "waiters": activity.waiters,
+            "origins": origins,
+        })
+    }
+}
+
+/// Is every item of the purge within the token's scope? The message says which not.
+fn scope_check(token: &Token, purge: &Purge) -> Result<(), String> {
+    let can = |op: Operation| token.operations.contains(&op);
+    if purge.all && !can(Operation::All) {
+        return Err(format!("token `{}` may not purge everything (break-glass scope)", token.name));
+    }
+    for t in &purge.tags {
+        if !can(Operation::Tag) {
+            return Err(format!("token `{}` may not purge by tag", token.name));
+        }
+        if !token.tags.is_empty() && !token.tags.iter().any(|p| p.matches(t)) {
+            return Err(format!("tag {t:?} is outside the scope of token `{}`", token.name));
+        }
+    }
+    let host_ok = |h: &str| token.hosts.is_empty() || token.hosts.iter().any(|x| x == h);
+    for u in &purge.urls {
+        if !can(Operation::Url) {
+            return Err(format!("token `{}` may not purge by URL", token.name));
+        }
+        let host = u.parse::<Uri>().ok().and_then(|u| {
+            let scheme = u.scheme_str().unwrap_or("http").to_string();
+            u.authority().map(|a| key::normalize_host(a.as_str(), &scheme))
+        });
+        if !host.as_deref().is_some_and(host_ok) {
+            return Err(format!("URL {u:?} is outside the hosts of token `{}`", token.name));
+        }
+    }
+    for p in &purge.prefixes {
+        if !can(Operation::Prefix) {
+            return Err(format!("token `{}` may not purge by prefix", token.name));
+        }
+        let norm = crate::purge::normalize_prefix(p);
+        let host = norm.split('/').next().unwrap_or("");
+        if !host_ok(host) {
+            return Err(format!("prefix {p:?} is outside the hosts of token `{}`", token.name));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! Purge as a value, and the generation marks that make every purge O(1).
+//!
+//! A purge never walks the entries it invalidates. Every fetch records the purge
+//! generation current when its origin request started (`fetched_gen`); a purge takes
+//! the next generation and writes a *mark* on what it covers (a tag, a prefix, a URL,
+//! everything). An entry is valid only if it was fetched after every mark that
+//! applies to it; that is checked on lookup (and on insert, which closes the race with
+//! fetches in flight by construction). A background sweeper reclaims the memory of
+//! hard-purged entries, after which old marks are dropped and a floor generation
+//! keeps late fetches from ever coming back.
+//!
+//! Invariant: nothing that was fetched before a hard purge covering it is served
+//! after the purge returns; nothing fetched before a soft purge is served as fresh.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+/// What to invalidate, how, and who asked: produced by the admin API, the `PURGE`
+/// method and the CLI alike, applied by one function (`Store::purge`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Purge {
+    pub tags: Vec<String>,
+    /// Absolute URLs (`http://host/path?query`): every variant stored for each.
+    pub urls: Vec<String>,
+    /// `host/path-prefix` (a scheme is allowed and ignored): a ban-like operation.
+    pub prefixes: Vec<String>,
+    /// Everything (break-glass scope only).
+    pub all: bool,
+    /// Mark stale instead of evicting: still usable under stale-while-revalidate /
+    /// stale-if-error while the first request revalidates.
+    pub soft: bool,
+    /// Report what would be invalidated; change nothing.
+    pub dry_run: bool,
+    /// A repeated id within the idempotency window returns the first result.
+    pub request_id: Option<String>,
+}
+
+impl Purge {
+    pub fn items(&self) -> usize {
+        self.tags.len() + self.urls.len() + self.prefixes.len() + usize::from(self.all)
+    }
+
+    /// Checks the shape of a purge: something to do, within `max_items`, no control
+    /// characters or empty names. The message names the problem.
+    pub fn validate(&self, max_items: usize) -> Result<(), String> {
+        if self.items() == 0 {
+            return Err("empty purge: give tags, urls, prefixes or all".into());
+        }
+        if self.items() > max_items {
+            return Err(format!("{} items exceed the limit of {max_items} per purge", self.items()));
+        }
+        let bad = |s: &str| s.is_empty() || s.len() > 2048 || s.chars().any(|c| c.is_control() || c == ' ');
+        for (field, list) in [("tags", &self.tags), ("urls", &self.urls), ("prefixes", &self.prefixes)] {
+            if let Some((i, v)) = list.iter().enumerate().find(|(_, v)| bad(v)) {
+                return Err(format!("{field}[{i}] {v:?} is empty, too long or contains spaces or control characters"));
+            }
+        }
+        if let Some(id) = &self.request_id {
+            if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+                return Err("request_id must be 1 to 256 printable characters".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `host/path` of a prefix, normalized like keys (scheme dropped, host lowercased).
+pub fn normalize_prefix(prefix: &str) -> String {
+    let (scheme, rest) = prefix.split_once("://").unwrap_or(("http", prefix));
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    format!("{}{}", crate::key::normalize_host(host, scheme), path)
+}
+
+/// How a stored response stands against the purges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    Valid,
+    /// Stale from now on: usable only as stale content.
+    SoftPurged,
+    /// Gone.
+    HardPurged,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Mark {
+    hard: u64,
+    soft: u64,
+}
+
+impl Mark {
+    fn set(&mut self, generation: u64, soft: bool) {
+        if soft {
+            self.soft = self.soft.max(generation);
+        } else {
+            self.hard = self.hard.max(generation);
+        }
+    }
+
+    fn judge(&self, fetched: u64) -> Validity {
+        if fetched < self.hard {
+            Validity::HardPurged
+        } else if fetched < self.soft {
+            Validity::SoftPurged
+        } else {
+            Validity::Valid
+        }
+    }
+}
+
+fn worst(a: Validity, b: Validity) -> Validity {
+    match (a, b) {
+        (Validity::HardPurged, _) | (_, Validity::HardPurged) => Validity::HardPurged,
+        (Validity::SoftPurged, _) | (_, Validity::SoftPurged) => Validity::SoftPurged,
+        _ => Validity::Valid,
+    }
+}
+
+#[derive(Default)]
+struct Marks {
+    all: Mark,
+    tags: HashMap<Box<str>, Mark>,
+    /// `host/path-prefix` → mark.
+    prefixes: Vec<(String, Mark)>,
+    /// Key digests purged by URL (their entries are removed at once; the mark stops
+    /// fetches in flight from storing them again).
+    urls: HashMap<u128, Mark>,
+    /// Fetches that started before this generation are never stored: the marks that
+    /// would have judged them may have been dropped by the sweeper.
+    floor: u64,
+}
+
+/// The purge generations and marks.
+#[derive(Default)]
+pub struct Marker {
+    generation: AtomicU64,
+    last_purge: AtomicU64,
+    marks: RwLock<Marks>,
+}
+
+/// What an entry needs to be judged: its generation, tags and key.
+pub struct Subject<'a> {
+    pub fetched_gen: u64,
+    pub tags: &'a [std::sync::Arc<str>],
+    pub key_full: &'a str,
+    pub digest: u128,
+}
+
+impl Marker {
+    /// The generation to record when a fetch starts.
+    pub fn current(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The generation of the latest purge.
+    pub fn last_purge(&self) -> u64 {
+        self.last_purge.load(Ordering::Acquire)
+    }
+
+    /// Records marks for a purge; returns its generation. O(items), never O(entries).
+    pub fn mark(&self, purge: &Purge, url_digests: &[u128]) -> u64 {
+        let mut marks = self.marks.write().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        if purge.all {
+            marks.all.set(generation, purge.soft);
+        }
+        for t in &purge.tags {
+            marks.tags.entry(t.as_str().into()).or_default().set(generation, purge.soft);
+        }
+        for p in &purge.prefixes {
+            let p = normalize_prefix(p);
+            match marks.prefixes.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, m)) => m.set(generation, purge.soft),
+                None => {
+                    let mut m = Mark::default();
+                    m.set(generation, purge.soft);
+                    marks.prefixes.push((p, m));
+                }
+            }
+        }
+        for d in url_digests {
+            marks.urls.entry(*d).or_default().set(generation, purge.soft);
+        }
+        self.last_purge.store(generation, Ordering::Release);
+        generation
+    }
+
+    /// Judges an entry. Entries fetched after the latest purge are valid without
+    /// looking at any mark (the common case: one atomic load).
+    pub fn judge(&self, s: &Subject<'_>) -> Validity {
+        if s.fetched_gen >= self.last_purge() {
+            return Validity::Valid;
+        }
+        let marks = self.marks.read().unwrap_or_else(|e| e.into_inner());
+        if s.fetched_gen < marks.floor {
+            return Validity::HardPurged;
+        }
+        let mut v = marks.all.judge(s.fetched_gen);
+        for t in s.tags {
+            if let Some(m) = marks.tags.get(&**t) {
+                v = worst(v, m.judge(s.fetched_gen));
+            }
+        }
+        if let Some(m) = marks.urls.get(&s.digest) {
+            v = worst(v, m.judge(s.fetched_gen));
+        }
+        if !marks.prefixes.is_empty() {
+            let rest = s.key_full.split_once("://").map_or(s.key_full, |(_, r)| r);
+            for (p, m) in &marks.prefixes {
+                if rest.starts_with(p.as_str()) {
+                    v = worst(v, m.judge(s.fetched_gen));
+                }
+            }
+        }
+        v
+    }
+
+    /// After a full sweep that started at generation `swept`: every entry fetched
+    /// before it has been judged and rewritten, so the marks up to it can go, and the
+    /// floor keeps any later-arriving older fetch out of the store.
+    pub fn forget_up_to(&self, swept: u64) {
+        let mut marks = self.marks.write().unwrap_or_else(|e| e.into_inner());
+        marks.floor = marks.floor.max(swept);
+        let keep = |m: &Mark| m.hard > swept || m.soft > swept;
+        marks.tags.retain(|_, m| keep(m));
+        marks.prefixes.retain(|(_, m)| keep(m));
+        marks.urls.retain(|_, m| keep(m));
+        if !keep(&marks.all) {
+            marks.all = Mark::default();
+        }
+    }
+
+    /// Marks currently held (memory is bounded by recent purges, not by entries).
+    pub fn mark_count(&self) -> usize {
+        let marks = self.marks.read().unwrap_or_else(|e| e.into_inner());
+        marks.tags.len() + marks.prefixes.len() + marks.urls.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn subject<'a>(gen: u64, tags: &'a [Arc<str>], key: &'a str) -> Subject<'a> {
+        Subject { fetched_gen: gen, tags, key_full: key, digest: 1 }
+    }
+
+    #[test]
+    fn marks_judge_by_generation() {
+        let m = Marker::default();
+        let tags: Vec<Arc<str>> = vec!["campaign:summer".into(), "product:1".into()];
+        let before = m.current();
+        assert_eq!(m.judge(&subject(before, &tags, "http://shop/p/1")), Validity::Valid);
+        m.mark(&Purge { tags: vec!["campaign:summer".into()], ..Purge::default() }, &[]);
+        assert_eq!(m.judge(&subject(before, &tags, "http://shop/p/1")), Validity::HardPurged);
+        // A fetch that starts after the purge is valid.
+        assert_eq!(m.judge(&subject(m.current(), &tags, "http://shop/p/1")), Validity::Valid);
+        // Untagged entries are untouched.
+        assert_eq!(m.judge(&subject(before, &[], "http://shop/p/1")), Validity::Valid);
+        // Soft purge.
+        let g = m.current();
+        m.mark(&Purge { tags: vec!["product:1".into()], soft: true, ..Purge::default() }, &[]);
+        assert_eq!(m.judge(&subject(g, &tags, "http://shop/p/1")), Validity::SoftPurged);
+        // Prefix and everything.
+        let g = m.current();
+        m.mark(&Purge { prefixes: vec!["https://SHOP/p/".into()], ..Purge::default() }, &[]);
+        assert_eq!(m.judge(&subject(g, &[], "http://shop/p/2")), Validity::HardPurged);
+        assert_eq!(m.judge(&subject(g, &[], "http://shop/q/2")), Validity::Valid);
+        let g = m.current();
+        m.mark(&Purge { all: true, soft: true, ..Purge::default() }, &[]);
+        assert_eq!(m.judge(&subject(g, &[], "http://other/")), Validity::SoftPurged);
+        // URL digests.
+        let g = m.current();
+        m.mark(&Purge { urls: vec!["http://x/".into()], ..Purge::default() }, &[1]);
+        assert_eq!(m.judge(&subject(g, &[], "http://x/")), Validity::HardPurged);
+    }
+
+    #[test]
+    fn forgetting_marks_keeps_old_fetches_out() {
+        let m = Marker::default();
+        let old = m.current();
+        let g = m.mark(&Purge { tags: vec!["t".into()], ..Purge::default() }, &[]);
+        assert_eq!(m.mark_count(), 1);
+        m.forget_up_to(g);
+        assert_eq!(m.mark_count(), 0);
+        // A fetch that started before the purge is still refused by the floor.
+        assert_eq!(m.judge(&subject(old, &["t".into()], "http://a/")), Validity::HardPurged);
+        assert_eq!(m.judge(&subject(m.current(), &["t".into()], "http://a/")), Validity::Valid);
+    }
+
+    #[test]
+    fn purge_validation_names_the_problem() {
+        assert!(Purge::default().validate(10).unwrap_err().contains("empty"));
+        let many = Purge { tags: (0..11).map(|i| i.to_string()).collect(), ..Purge::default() };
+        assert!(many.validate(10).unwrap_err().contains("limit of 10"));
+        let ctl = Purge { tags: vec!["ok".into(), "bad\u{1}".into()], ..Purge::default() };
+        assert!(ctl.validate(10).unwrap_err().contains("tags[1]"));
+        assert!(Purge { all: true, ..Purge::default() }.validate(10).is_ok());
+        assert_eq!(normalize_prefix("https://Shop.Example:443/a/"), "shop.example/a/");
+        assert_eq!(normalize_prefix("shop.example"), "shop.example/");
+    }
+}
