@@ -603,3 +603,48 @@ pub fn panics_on_this_thread() -> usize {
         .map(|p| p.iter().filter(|n| **n == name).count())
         .unwrap_or(0)
 }
+
+/// Adds a token to the config, its secret in a fresh temp file (never in the config).
+pub fn add_token(
+    cfg: &mut ConfigFile,
+    name: &str,
+    secret: &str,
+    operations: &[lacquer::config::Operation],
+    tags: &[&str],
+    hosts: &[&str],
+) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("lacquer-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("t{}", N.fetch_add(1, Ordering::SeqCst)));
+    std::fs::write(&path, format!("{secret}\n")).expect("write token file");
+    cfg.admin.tokens.push(lacquer::config::TokenSection {
+        name: name.into(),
+        env: None,
+        file: Some(path.display().to_string()),
+        operations: operations.to_vec(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+    });
+}
+
+impl Proxy {
+    /// POSTs a purge (JSON text) to the admin API on the client listener.
+    pub async fn purge(&self, token: Option<&str>, json: &str) -> Res {
+        let mut req =
+            Request::post(self.url("/.lacquer/purge")).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(
+            req.body(Full::new(Bytes::copy_from_slice(json.as_bytes())))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Runs the background sweep now (tests check the memory it reclaims).
+    pub fn sweep(&self) -> usize {
+        self.store().sweep()
+    }
+}
