@@ -77,8 +77,6 @@ fn bench(c: &mut Criterion) {
             variant: Variant::default(),
             tags: Vec::new().into(),
             fetched_gen: 0,
-            tags: Vec::new().into(),
-            fetched_gen: 0,
         },
     );
     let policy = Policy::default();
@@ -128,8 +126,6 @@ fn variants(c: &mut Criterion) {
                     lifetime: Duration::from_secs(3600),
                     directives: Directives::default(),
                     variant: Variant::of(&req, &names),
-                    tags: Vec::new().into(),
-                    fetched_gen: 0,
                     tags: Vec::new().into(),
                     fetched_gen: 0,
                 },
