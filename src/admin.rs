@@ -31,8 +31,12 @@ const MAX_BODY: usize = 1024 * 1024;
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut res = Response::new(body::full(format!("{value}\n")));
     *res.status_mut() = status;
-    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    res.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     res
 }
 
@@ -50,7 +54,13 @@ impl Proxy {
     /// The token presented as `Authorization: Bearer …`, compared in constant time
     /// against every configured token (no early exit, no secret in any log).
     fn authenticate(&self, req_headers: &http::HeaderMap) -> Option<&Token> {
-        let presented = req_headers.get(AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim().as_bytes();
+        let presented = req_headers
+            .get(AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?
+            .trim()
+            .as_bytes();
         let mut found = None;
         for t in &self.settings.admin.tokens {
             let same: bool = t.secret.as_slice().ct_eq(presented).into();
@@ -62,7 +72,11 @@ impl Proxy {
     }
 
     /// 401/403 before anything else happens; the token when the caller may proceed.
-    fn authorize(&self, client: &ClientInfo, headers: &http::HeaderMap) -> Result<&Token, Response<Body>> {
+    fn authorize(
+        &self,
+        client: &ClientInfo,
+        headers: &http::HeaderMap,
+    ) -> Result<&Token, Response<Body>> {
         if !self.admin_ip_allowed(client.addr.ip()) {
             return Err(problem(StatusCode::FORBIDDEN, "client address not allowed"));
         }
@@ -70,14 +84,22 @@ impl Proxy {
             Some(t) => Ok(t),
             None => {
                 let mut res = problem(StatusCode::UNAUTHORIZED, "missing or invalid token");
-                res.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                res.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
                 Err(res)
             }
         }
     }
 
     /// Admin routes. `path` is relative to the admin root (`/purge`, `/stats`, …).
-    pub async fn admin(self: &Arc<Self>, req: Request<Incoming>, client: ClientInfo, path: &str) -> Response<Body> {
+    pub async fn admin(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        client: ClientInfo,
+        path: &str,
+    ) -> Response<Body> {
         match (req.method(), path) {
             (&Method::GET, "/healthz") => {
                 if self.origins.all_unhealthy() {
@@ -97,36 +119,75 @@ impl Proxy {
                 };
                 let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                     Ok(b) => b.to_bytes(),
-                    Err(_) => return problem(StatusCode::BAD_REQUEST, "request body unreadable or over 1 MiB"),
+                    Err(_) => {
+                        return problem(
+                            StatusCode::BAD_REQUEST,
+                            "request body unreadable or over 1 MiB",
+                        )
+                    }
                 };
                 let purge: Purge = match serde_json::from_slice(&bytes) {
                     Ok(p) => p,
-                    Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("invalid purge JSON: {e}")),
+                    Err(e) => {
+                        return problem(
+                            StatusCode::BAD_REQUEST,
+                            &format!("invalid purge JSON: {e}"),
+                        )
+                    }
                 };
                 self.run_purge(purge, &token, &client, "api")
             }
-            (_, "/healthz" | "/stats" | "/purge") => problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+            (_, "/healthz" | "/stats" | "/purge") => {
+                problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
             _ => problem(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
 
     /// The `PURGE` method on a URL: every variant stored for it. `Lacquer-Soft-Purge: 1`
     /// makes it soft.
-    pub(crate) fn purge_method(&self, headers: &http::HeaderMap, uri: &Uri, host: &str, key: &CacheKey, client: &ClientInfo) -> Response<Body> {
+    pub(crate) fn purge_method(
+        &self,
+        headers: &http::HeaderMap,
+        uri: &Uri,
+        host: &str,
+        key: &CacheKey,
+        client: &ClientInfo,
+    ) -> Response<Body> {
         if !self.settings.admin.purge_method {
-            return problem(StatusCode::METHOD_NOT_ALLOWED, "PURGE is disabled on this listener");
+            return problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "PURGE is disabled on this listener",
+            );
         }
         let token = match self.authorize(client, headers) {
             Err(res) => return res,
             Ok(t) => t.clone(),
         };
-        let soft = headers.get("lacquer-soft-purge").is_some_and(|v| v == "1" || v == "true");
-        let url = format!("{}://{}{}", client.scheme, host, uri.path_and_query().map_or("/", |p| p.as_str()));
-        let purge = Purge { urls: vec![url], soft, ..Purge::default() };
+        let soft = headers
+            .get("lacquer-soft-purge")
+            .is_some_and(|v| v == "1" || v == "true");
+        let url = format!(
+            "{}://{}{}",
+            client.scheme,
+            host,
+            uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        let purge = Purge {
+            urls: vec![url],
+            soft,
+            ..Purge::default()
+        };
         self.apply_purge(purge, vec![key.clone()], &token, client, "purge-method")
     }
 
-    fn run_purge(&self, purge: Purge, token: &Token, client: &ClientInfo, via: &'static str) -> Response<Body> {
+    fn run_purge(
+        &self,
+        purge: Purge,
+        token: &Token,
+        client: &ClientInfo,
+        via: &'static str,
+    ) -> Response<Body> {
         if let Err(message) = purge.validate(self.settings.admin.max_batch) {
             return problem(StatusCode::BAD_REQUEST, &message);
         }
@@ -134,23 +195,41 @@ impl Proxy {
         for (i, url) in purge.urls.iter().enumerate() {
             match self.url_key(url) {
                 Some(k) => keys.push(k),
-                None => return problem(StatusCode::BAD_REQUEST, &format!("urls[{i}] {url:?} is not an absolute http(s) URL")),
+                None => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        &format!("urls[{i}] {url:?} is not an absolute http(s) URL"),
+                    )
+                }
             }
         }
         self.apply_purge(purge, keys, token, client, via)
     }
 
     /// Scope, idempotency, the purge itself, the audit line.
-    fn apply_purge(&self, purge: Purge, keys: Vec<CacheKey>, token: &Token, client: &ClientInfo, via: &'static str) -> Response<Body> {
+    fn apply_purge(
+        &self,
+        purge: Purge,
+        keys: Vec<CacheKey>,
+        token: &Token,
+        client: &ClientInfo,
+        via: &'static str,
+    ) -> Response<Body> {
         if let Err(message) = scope_check(token, &purge) {
             info!(target: "lacquer::audit", token = %token.name, via, client = %client.addr.ip(), refused = %message, "purge refused");
             return problem(StatusCode::FORBIDDEN, &message);
         }
-        let replay_key = purge.request_id.as_ref().map(|id| format!("{}\u{0}{id}", token.name));
+        let replay_key = purge
+            .request_id
+            .as_ref()
+            .map(|id| format!("{}\u{0}{id}", token.name));
         if let Some(k) = &replay_key {
             if let Some(first) = self.purge_results.get(k) {
                 let mut res = json(StatusCode::OK, &first);
-                res.headers_mut().insert("lacquer-idempotent-replay", HeaderValue::from_static("true"));
+                res.headers_mut().insert(
+                    "lacquer-idempotent-replay",
+                    HeaderValue::from_static("true"),
+                );
                 return res;
             }
         }
@@ -200,7 +279,13 @@ impl Proxy {
         let rule = self.settings.key_rules.rule_for(&host, uri.path());
         let mut headers = http::HeaderMap::new();
         rule.vary.normalize_request(&mut headers);
-        Some(key::primary_key(rule, scheme, &host, uri.path_and_query().map_or("/", |p| p.as_str()), &headers))
+        Some(key::primary_key(
+            rule,
+            scheme,
+            &host,
+            uri.path_and_query().map_or("/", |p| p.as_str()),
+            &headers,
+        ))
     }
 
     /// The figures of `GET /stats`.
@@ -228,14 +313,20 @@ impl Proxy {
 fn scope_check(token: &Token, purge: &Purge) -> Result<(), String> {
     let can = |op: Operation| token.operations.contains(&op);
     if purge.all && !can(Operation::All) {
-        return Err(format!("token `{}` may not purge everything (break-glass scope)", token.name));
+        return Err(format!(
+            "token `{}` may not purge everything (break-glass scope)",
+            token.name
+        ));
     }
     for t in &purge.tags {
         if !can(Operation::Tag) {
             return Err(format!("token `{}` may not purge by tag", token.name));
         }
         if !token.tags.is_empty() && !token.tags.iter().any(|p| p.matches(t)) {
-            return Err(format!("tag {t:?} is outside the scope of token `{}`", token.name));
+            return Err(format!(
+                "tag {t:?} is outside the scope of token `{}`",
+                token.name
+            ));
         }
     }
     let host_ok = |h: &str| token.hosts.is_empty() || token.hosts.iter().any(|x| x == h);
@@ -245,10 +336,14 @@ fn scope_check(token: &Token, purge: &Purge) -> Result<(), String> {
         }
         let host = u.parse::<Uri>().ok().and_then(|u| {
             let scheme = u.scheme_str().unwrap_or("http").to_string();
-            u.authority().map(|a| key::normalize_host(a.as_str(), &scheme))
+            u.authority()
+                .map(|a| key::normalize_host(a.as_str(), &scheme))
         });
         if !host.as_deref().is_some_and(host_ok) {
-            return Err(format!("URL {u:?} is outside the hosts of token `{}`", token.name));
+            return Err(format!(
+                "URL {u:?} is outside the hosts of token `{}`",
+                token.name
+            ));
         }
     }
     for p in &purge.prefixes {
@@ -258,7 +353,10 @@ fn scope_check(token: &Token, purge: &Purge) -> Result<(), String> {
         let norm = crate::purge::normalize_prefix(p);
         let host = norm.split('/').next().unwrap_or("");
         if !host_ok(host) {
-            return Err(format!("prefix {p:?} is outside the hosts of token `{}`", token.name));
+            return Err(format!(
+                "prefix {p:?} is outside the hosts of token `{}`",
+                token.name
+            ));
         }
     }
     Ok(())

@@ -52,7 +52,12 @@ pub struct TagsSection {
 
 impl Default for TagsSection {
     fn default() -> Self {
-        TagsSection { headers: vec!["Surrogate-Key".into(), "Cache-Tag".into()], strip: true, max_length: 256, max_per_object: 128 }
+        TagsSection {
+            headers: vec!["Surrogate-Key".into(), "Cache-Tag".into()],
+            strip: true,
+            max_length: 256,
+            max_per_object: 128,
+        }
     }
 }
 
@@ -127,7 +132,10 @@ pub struct Token {
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.
-        f.debug_struct("Token").field("name", &self.name).field("operations", &self.operations).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("operations", &self.operations)
+            .finish_non_exhaustive()
     }
 }
 
@@ -799,7 +807,12 @@ fn admin_settings(a: &AdminSection) -> Result<AdminSettings, ConfigError> {
         let net = ip
             .parse::<ipnet::IpNet>()
             .or_else(|_| ip.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| err(format!("admin.allow_ips[{i}]"), format!("`{ip}` is not an IP address or CIDR network")))?;
+            .map_err(|_| {
+                err(
+                    format!("admin.allow_ips[{i}]"),
+                    format!("`{ip}` is not an IP address or CIDR network"),
+                )
+            })?;
         allow_ips.push(net);
     }
     if !(1..=100_000).contains(&a.max_batch) {
@@ -809,32 +822,51 @@ fn admin_settings(a: &AdminSection) -> Result<AdminSettings, ConfigError> {
     for (i, t) in a.tokens.iter().enumerate() {
         let key = |k: &str| format!("admin.tokens[{i}].{k}");
         if t.name.is_empty() || !is_token(&t.name) {
-            return Err(err(key("name"), "a token needs a name (letters, digits, -._)"));
+            return Err(err(
+                key("name"),
+                "a token needs a name (letters, digits, -._)",
+            ));
         }
         if tokens.iter().any(|x: &Token| x.name == t.name) {
             return Err(err(key("name"), format!("`{}` is used twice", t.name)));
         }
         let secret = match (&t.env, &t.file) {
-            (Some(var), None) => std::env::var(var)
-                .map_err(|_| err(key("env"), format!("environment variable `{var}` is not set")))?,
+            (Some(var), None) => std::env::var(var).map_err(|_| {
+                err(
+                    key("env"),
+                    format!("environment variable `{var}` is not set"),
+                )
+            })?,
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|e| err(key("file"), format!("cannot read `{path}`: {e}")))?
                 .trim_end_matches(['\n', '\r'])
                 .to_string(),
-            _ => return Err(err(key("env"), "give exactly one of `env` or `file` (never the secret itself)")),
+            _ => {
+                return Err(err(
+                    key("env"),
+                    "give exactly one of `env` or `file` (never the secret itself)",
+                ))
+            }
         };
         if secret.len() < 16 {
             return Err(err(key("env"), "the secret must be at least 16 characters"));
         }
         if t.operations.is_empty() {
-            return Err(err(key("operations"), "list at least one of url, tag, prefix, all"));
+            return Err(err(
+                key("operations"),
+                "list at least one of url, tag, prefix, all",
+            ));
         }
         tokens.push(Token {
             name: t.name.clone(),
             secret: secret.into_bytes(),
             operations: t.operations.clone(),
             tags: t.tags.iter().map(|p| NamePattern::new(p)).collect(),
-            hosts: t.hosts.iter().map(|h| crate::key::normalize_host(h, "http")).collect(),
+            hosts: t
+                .hosts
+                .iter()
+                .map(|h| crate::key::normalize_host(h, "http"))
+                .collect(),
         });
     }
     Ok(AdminSettings {

@@ -523,7 +523,15 @@ mod tests {
                 LifetimeSource::None,
             ),
             // Surrogate-Control is above every other field.
-            (vec![("surrogate-control", "max-age=900"), ("cdn-cache-control", "max-age=600"), ("cache-control", "max-age=5")], 900, LifetimeSource::MaxAge),
+            (
+                vec![
+                    ("surrogate-control", "max-age=900"),
+                    ("cdn-cache-control", "max-age=600"),
+                    ("cache-control", "max-age=5"),
+                ],
+                900,
+                LifetimeSource::MaxAge,
+            ),
             // An invalid targeted field falls back to Cache-Control.
             (
                 vec![

@@ -88,7 +88,12 @@ impl Proxy {
             .build();
         let purge_results = moka::sync::Cache::builder()
             .max_capacity(100_000)
-            .time_to_live(settings.admin.request_id_window.max(std::time::Duration::from_millis(1)))
+            .time_to_live(
+                settings
+                    .admin
+                    .request_id_window
+                    .max(std::time::Duration::from_millis(1)),
+            )
             .build();
         Arc::new(Proxy {
             purge_results,
@@ -196,7 +201,13 @@ impl Proxy {
         };
         if ctx.method.as_str() == "PURGE" {
             // Never forwarded: answered here, with a token (admin.rs).
-            return self.purge_method(&ctx.headers, &ctx.uri, &ctx.host_norm, &ctx.key, &ctx.client);
+            return self.purge_method(
+                &ctx.headers,
+                &ctx.uri,
+                &ctx.host_norm,
+                &ctx.key,
+                &ctx.client,
+            );
         }
         let mut res = if cacheable {
             self.cached(&ctx).await

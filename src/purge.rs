@@ -51,10 +51,19 @@ impl Purge {
             return Err("empty purge: give tags, urls, prefixes or all".into());
         }
         if self.items() > max_items {
-            return Err(format!("{} items exceed the limit of {max_items} per purge", self.items()));
+            return Err(format!(
+                "{} items exceed the limit of {max_items} per purge",
+                self.items()
+            ));
         }
-        let bad = |s: &str| s.is_empty() || s.len() > 2048 || s.chars().any(|c| c.is_control() || c == ' ');
-        for (field, list) in [("tags", &self.tags), ("urls", &self.urls), ("prefixes", &self.prefixes)] {
+        let bad = |s: &str| {
+            s.is_empty() || s.len() > 2048 || s.chars().any(|c| c.is_control() || c == ' ')
+        };
+        for (field, list) in [
+            ("tags", &self.tags),
+            ("urls", &self.urls),
+            ("prefixes", &self.prefixes),
+        ] {
             if let Some((i, v)) = list.iter().enumerate().find(|(_, v)| bad(v)) {
                 return Err(format!("{field}[{i}] {v:?} is empty, too long or contains spaces or control characters"));
             }
@@ -171,7 +180,11 @@ impl Marker {
             marks.all.set(generation, purge.soft);
         }
         for t in &purge.tags {
-            marks.tags.entry(t.as_str().into()).or_default().set(generation, purge.soft);
+            marks
+                .tags
+                .entry(t.as_str().into())
+                .or_default()
+                .set(generation, purge.soft);
         }
         for p in &purge.prefixes {
             let p = normalize_prefix(p);
@@ -185,7 +198,11 @@ impl Marker {
             }
         }
         for d in url_digests {
-            marks.urls.entry(*d).or_default().set(generation, purge.soft);
+            marks
+                .urls
+                .entry(*d)
+                .or_default()
+                .set(generation, purge.soft);
         }
         self.last_purge.store(generation, Ordering::Release);
         generation
@@ -249,7 +266,12 @@ mod tests {
     use std::sync::Arc;
 
     fn subject<'a>(gen: u64, tags: &'a [Arc<str>], key: &'a str) -> Subject<'a> {
-        Subject { fetched_gen: gen, tags, key_full: key, digest: 1 }
+        Subject {
+            fetched_gen: gen,
+            tags,
+            key_full: key,
+            digest: 1,
+        }
     }
 
     #[test]
@@ -257,28 +279,84 @@ mod tests {
         let m = Marker::default();
         let tags: Vec<Arc<str>> = vec!["campaign:summer".into(), "product:1".into()];
         let before = m.current();
-        assert_eq!(m.judge(&subject(before, &tags, "http://shop/p/1")), Validity::Valid);
-        m.mark(&Purge { tags: vec!["campaign:summer".into()], ..Purge::default() }, &[]);
-        assert_eq!(m.judge(&subject(before, &tags, "http://shop/p/1")), Validity::HardPurged);
+        assert_eq!(
+            m.judge(&subject(before, &tags, "http://shop/p/1")),
+            Validity::Valid
+        );
+        m.mark(
+            &Purge {
+                tags: vec!["campaign:summer".into()],
+                ..Purge::default()
+            },
+            &[],
+        );
+        assert_eq!(
+            m.judge(&subject(before, &tags, "http://shop/p/1")),
+            Validity::HardPurged
+        );
         // A fetch that starts after the purge is valid.
-        assert_eq!(m.judge(&subject(m.current(), &tags, "http://shop/p/1")), Validity::Valid);
+        assert_eq!(
+            m.judge(&subject(m.current(), &tags, "http://shop/p/1")),
+            Validity::Valid
+        );
         // Untagged entries are untouched.
-        assert_eq!(m.judge(&subject(before, &[], "http://shop/p/1")), Validity::Valid);
+        assert_eq!(
+            m.judge(&subject(before, &[], "http://shop/p/1")),
+            Validity::Valid
+        );
         // Soft purge.
         let g = m.current();
-        m.mark(&Purge { tags: vec!["product:1".into()], soft: true, ..Purge::default() }, &[]);
-        assert_eq!(m.judge(&subject(g, &tags, "http://shop/p/1")), Validity::SoftPurged);
+        m.mark(
+            &Purge {
+                tags: vec!["product:1".into()],
+                soft: true,
+                ..Purge::default()
+            },
+            &[],
+        );
+        assert_eq!(
+            m.judge(&subject(g, &tags, "http://shop/p/1")),
+            Validity::SoftPurged
+        );
         // Prefix and everything.
         let g = m.current();
-        m.mark(&Purge { prefixes: vec!["https://SHOP/p/".into()], ..Purge::default() }, &[]);
-        assert_eq!(m.judge(&subject(g, &[], "http://shop/p/2")), Validity::HardPurged);
-        assert_eq!(m.judge(&subject(g, &[], "http://shop/q/2")), Validity::Valid);
+        m.mark(
+            &Purge {
+                prefixes: vec!["https://SHOP/p/".into()],
+                ..Purge::default()
+            },
+            &[],
+        );
+        assert_eq!(
+            m.judge(&subject(g, &[], "http://shop/p/2")),
+            Validity::HardPurged
+        );
+        assert_eq!(
+            m.judge(&subject(g, &[], "http://shop/q/2")),
+            Validity::Valid
+        );
         let g = m.current();
-        m.mark(&Purge { all: true, soft: true, ..Purge::default() }, &[]);
-        assert_eq!(m.judge(&subject(g, &[], "http://other/")), Validity::SoftPurged);
+        m.mark(
+            &Purge {
+                all: true,
+                soft: true,
+                ..Purge::default()
+            },
+            &[],
+        );
+        assert_eq!(
+            m.judge(&subject(g, &[], "http://other/")),
+            Validity::SoftPurged
+        );
         // URL digests.
         let g = m.current();
-        m.mark(&Purge { urls: vec!["http://x/".into()], ..Purge::default() }, &[1]);
+        m.mark(
+            &Purge {
+                urls: vec!["http://x/".into()],
+                ..Purge::default()
+            },
+            &[1],
+        );
         assert_eq!(m.judge(&subject(g, &[], "http://x/")), Validity::HardPurged);
     }
 
@@ -286,24 +364,50 @@ mod tests {
     fn forgetting_marks_keeps_old_fetches_out() {
         let m = Marker::default();
         let old = m.current();
-        let g = m.mark(&Purge { tags: vec!["t".into()], ..Purge::default() }, &[]);
+        let g = m.mark(
+            &Purge {
+                tags: vec!["t".into()],
+                ..Purge::default()
+            },
+            &[],
+        );
         assert_eq!(m.mark_count(), 1);
         m.forget_up_to(g);
         assert_eq!(m.mark_count(), 0);
         // A fetch that started before the purge is still refused by the floor.
-        assert_eq!(m.judge(&subject(old, &["t".into()], "http://a/")), Validity::HardPurged);
-        assert_eq!(m.judge(&subject(m.current(), &["t".into()], "http://a/")), Validity::Valid);
+        assert_eq!(
+            m.judge(&subject(old, &["t".into()], "http://a/")),
+            Validity::HardPurged
+        );
+        assert_eq!(
+            m.judge(&subject(m.current(), &["t".into()], "http://a/")),
+            Validity::Valid
+        );
     }
 
     #[test]
     fn purge_validation_names_the_problem() {
         assert!(Purge::default().validate(10).unwrap_err().contains("empty"));
-        let many = Purge { tags: (0..11).map(|i| i.to_string()).collect(), ..Purge::default() };
+        let many = Purge {
+            tags: (0..11).map(|i| i.to_string()).collect(),
+            ..Purge::default()
+        };
         assert!(many.validate(10).unwrap_err().contains("limit of 10"));
-        let ctl = Purge { tags: vec!["ok".into(), "bad\u{1}".into()], ..Purge::default() };
+        let ctl = Purge {
+            tags: vec!["ok".into(), "bad\u{1}".into()],
+            ..Purge::default()
+        };
         assert!(ctl.validate(10).unwrap_err().contains("tags[1]"));
-        assert!(Purge { all: true, ..Purge::default() }.validate(10).is_ok());
-        assert_eq!(normalize_prefix("https://Shop.Example:443/a/"), "shop.example/a/");
+        assert!(Purge {
+            all: true,
+            ..Purge::default()
+        }
+        .validate(10)
+        .is_ok());
+        assert_eq!(
+            normalize_prefix("https://Shop.Example:443/a/"),
+            "shop.example/a/"
+        );
         assert_eq!(normalize_prefix("shop.example"), "shop.example/");
     }
 }

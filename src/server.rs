@@ -150,7 +150,9 @@ async fn sweeper(proxy: Arc<Proxy>) {
         tick.tick().await;
         if proxy.store().needs_sweep() {
             let p = proxy.clone();
-            let removed = tokio::task::spawn_blocking(move || p.store().sweep()).await.unwrap_or(0);
+            let removed = tokio::task::spawn_blocking(move || p.store().sweep())
+                .await
+                .unwrap_or(0);
             debug!(removed, "purge sweep");
         }
     }
@@ -167,7 +169,10 @@ async fn admin_loop(listener: TcpListener, proxy: Arc<Proxy>) {
         let proxy = proxy.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let client = ClientInfo { addr: peer, scheme: "http" };
+            let client = ClientInfo {
+                addr: peer,
+                scheme: "http",
+            };
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let proxy = proxy.clone();
                 async move {
@@ -176,7 +181,9 @@ async fn admin_loop(listener: TcpListener, proxy: Arc<Proxy>) {
                     Ok::<_, Infallible>(proxy.admin(req, client, &path).await)
                 }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

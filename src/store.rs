@@ -169,7 +169,12 @@ impl Store {
     }
 
     fn judge(&self, key_full: &str, digest: u128, r: &StoredResponse) -> Validity {
-        self.marker.judge(&Subject { fetched_gen: r.fetched_gen, tags: &r.tags, key_full, digest })
+        self.marker.judge(&Subject {
+            fetched_gen: r.fetched_gen,
+            tags: &r.tags,
+            key_full,
+            digest,
+        })
     }
 
     pub fn lookup(&self, key: &CacheKey, req: &HeaderMap) -> Lookup {
@@ -263,11 +268,17 @@ impl Store {
     /// variants. `url_keys` are the keys of `purge.urls`, in order.
     pub fn purge(&self, purge: &Purge, url_keys: &[CacheKey]) -> PurgeReport {
         self.cache.run_pending_tasks();
-        let mut report = PurgeReport { soft: purge.soft, dry_run: purge.dry_run, ..PurgeReport::default() };
+        let mut report = PurgeReport {
+            soft: purge.soft,
+            dry_run: purge.dry_run,
+            ..PurgeReport::default()
+        };
         {
             let counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
             for t in &purge.tags {
-                report.tags.insert(t.clone(), counts.get(t.as_str()).copied().unwrap_or(0));
+                report
+                    .tags
+                    .insert(t.clone(), counts.get(t.as_str()).copied().unwrap_or(0));
             }
         }
         for (url, key) in purge.urls.iter().zip(url_keys) {
@@ -278,7 +289,11 @@ impl Store {
                 let want = crate::purge::normalize_prefix(p);
                 self.cache
                     .iter()
-                    .filter(|(_, e)| e.full_key.split_once("://").is_some_and(|(_, r)| r.starts_with(want.as_str())))
+                    .filter(|(_, e)| {
+                        e.full_key
+                            .split_once("://")
+                            .is_some_and(|(_, r)| r.starts_with(want.as_str()))
+                    })
                     .map(|(_, e)| e.variants.len())
                     .sum()
             });
@@ -448,7 +463,11 @@ mod tests {
 
     fn tagged(tags: &[&str], gen: u64) -> StoredResponse {
         let mut r = stored(Variant::default(), "x");
-        r.tags = tags.iter().map(|t| Arc::<str>::from(*t)).collect::<Vec<_>>().into();
+        r.tags = tags
+            .iter()
+            .map(|t| Arc::<str>::from(*t))
+            .collect::<Vec<_>>()
+            .into();
         r.fetched_gen = gen;
         r
     }
@@ -462,34 +481,74 @@ mod tests {
         let store = Store::new(1 << 20, 4);
         let g = store.generation();
         for i in 0..10 {
-            store.insert(&key(&format!("/p/{i}")), tagged(&["campaign:summer", &format!("product:{i}")], g));
+            store.insert(
+                &key(&format!("/p/{i}")),
+                tagged(&["campaign:summer", &format!("product:{i}")], g),
+            );
         }
         store.insert(&key("/other"), tagged(&["page:home"], g));
         assert_eq!(store.tag_index_len(), 12);
-        let purge = Purge { tags: vec!["campaign:summer".into()], ..Purge::default() };
-        let dry = store.purge(&Purge { dry_run: true, ..purge.clone() }, &[]);
+        let purge = Purge {
+            tags: vec!["campaign:summer".into()],
+            ..Purge::default()
+        };
+        let dry = store.purge(
+            &Purge {
+                dry_run: true,
+                ..purge.clone()
+            },
+            &[],
+        );
         assert_eq!(dry.tags["campaign:summer"], 10);
-        assert!(matches!(store.lookup(&key("/p/3"), &HeaderMap::new()), Lookup::Hit(_)), "dry run changes nothing");
+        assert!(
+            matches!(
+                store.lookup(&key("/p/3"), &HeaderMap::new()),
+                Lookup::Hit(_)
+            ),
+            "dry run changes nothing"
+        );
         let report = store.purge(&purge, &[]);
         assert_eq!(report.tags["campaign:summer"], 10);
-        assert!(matches!(store.lookup(&key("/p/3"), &HeaderMap::new()), Lookup::Miss));
-        assert!(matches!(store.lookup(&key("/other"), &HeaderMap::new()), Lookup::Hit(_)));
+        assert!(matches!(
+            store.lookup(&key("/p/3"), &HeaderMap::new()),
+            Lookup::Miss
+        ));
+        assert!(matches!(
+            store.lookup(&key("/other"), &HeaderMap::new()),
+            Lookup::Hit(_)
+        ));
         // A fetch that started before the purge cannot bring the entry back.
         store.insert(&key("/p/3"), tagged(&["campaign:summer"], g));
-        assert!(matches!(store.lookup(&key("/p/3"), &HeaderMap::new()), Lookup::Miss));
+        assert!(matches!(
+            store.lookup(&key("/p/3"), &HeaderMap::new()),
+            Lookup::Miss
+        ));
         // One that started after it can.
-        store.insert(&key("/p/3"), tagged(&["campaign:summer"], store.generation()));
-        assert!(matches!(store.lookup(&key("/p/3"), &HeaderMap::new()), Lookup::Hit(_)));
+        store.insert(
+            &key("/p/3"),
+            tagged(&["campaign:summer"], store.generation()),
+        );
+        assert!(matches!(
+            store.lookup(&key("/p/3"), &HeaderMap::new()),
+            Lookup::Hit(_)
+        ));
         // The sweeper reclaims the purged entries, the index follows, the marks go.
         assert!(store.needs_sweep());
         assert_eq!(store.sweep(), 9);
         assert!(!store.needs_sweep());
         assert_eq!(store.purge_marks(), 0);
         assert_eq!(store.len(), 2);
-        assert_eq!(store.tag_index_len(), 2, "campaign:summer (the new /p/3) and page:home");
+        assert_eq!(
+            store.tag_index_len(),
+            2,
+            "campaign:summer (the new /p/3) and page:home"
+        );
         // A late fetch from before the purge is still refused after the marks are gone.
         store.insert(&key("/p/4"), tagged(&["campaign:summer"], g));
-        assert!(matches!(store.lookup(&key("/p/4"), &HeaderMap::new()), Lookup::Miss));
+        assert!(matches!(
+            store.lookup(&key("/p/4"), &HeaderMap::new()),
+            Lookup::Miss
+        ));
         // Everything evicted: the index is empty.
         store.invalidate(&key("/p/3"));
         store.invalidate(&key("/other"));
@@ -500,8 +559,18 @@ mod tests {
     fn soft_purge_keeps_entries_as_stale() {
         let store = Store::new(1 << 20, 4);
         store.insert(&key("/s"), tagged(&["t"], store.generation()));
-        store.purge(&Purge { tags: vec!["t".into()], soft: true, ..Purge::default() }, &[]);
-        assert!(matches!(store.lookup(&key("/s"), &HeaderMap::new()), Lookup::SoftPurged(_)));
+        store.purge(
+            &Purge {
+                tags: vec!["t".into()],
+                soft: true,
+                ..Purge::default()
+            },
+            &[],
+        );
+        assert!(matches!(
+            store.lookup(&key("/s"), &HeaderMap::new()),
+            Lookup::SoftPurged(_)
+        ));
         store.sweep();
         // Rewritten as expired; no longer needs a mark.
         match store.lookup(&key("/s"), &HeaderMap::new()) {
@@ -517,7 +586,10 @@ mod tests {
         let names = [HeaderName::from_static("accept-language")];
         store.insert(&key("/u"), stored(Variant::of(&req("en"), &names), "en"));
         store.insert(&key("/u"), stored(Variant::of(&req("fr"), &names), "fr"));
-        let purge = Purge { urls: vec!["http://shop/u".into()], ..Purge::default() };
+        let purge = Purge {
+            urls: vec!["http://shop/u".into()],
+            ..Purge::default()
+        };
         let report = store.purge(&purge, &[key("/u")]);
         assert_eq!(report.urls["http://shop/u"], 2);
         assert!(matches!(store.lookup(&key("/u"), &req("en")), Lookup::Miss));

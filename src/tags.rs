@@ -18,7 +18,10 @@ pub struct TagRules {
 impl Default for TagRules {
     fn default() -> Self {
         TagRules {
-            headers: vec![HeaderName::from_static("surrogate-key"), HeaderName::from_static("cache-tag")],
+            headers: vec![
+                HeaderName::from_static("surrogate-key"),
+                HeaderName::from_static("cache-tag"),
+            ],
             strip: true,
             max_length: 256,
             max_per_object: 128,
@@ -72,14 +75,24 @@ mod tests {
     #[test]
     fn both_syntaxes_deduplicated_and_bounded() {
         let mut h = HeaderMap::new();
-        h.append("surrogate-key", HeaderValue::from_static("  campaign:summer   product:1 product:1"));
-        h.append("cache-tag", HeaderValue::from_static("product:1, page:home ,,"));
+        h.append(
+            "surrogate-key",
+            HeaderValue::from_static("  campaign:summer   product:1 product:1"),
+        );
+        h.append(
+            "cache-tag",
+            HeaderValue::from_static("product:1, page:home ,,"),
+        );
         let (tags, dropped) = extract(&TagRules::default(), &h);
         let tags: Vec<&str> = tags.iter().map(|t| &**t).collect();
         assert_eq!(tags, ["campaign:summer", "product:1", "page:home"]);
         assert_eq!(dropped, Dropped::default());
 
-        let rules = TagRules { max_length: 5, max_per_object: 1, ..TagRules::default() };
+        let rules = TagRules {
+            max_length: 5,
+            max_per_object: 1,
+            ..TagRules::default()
+        };
         let (tags, dropped) = extract(&rules, &h);
         assert_eq!(tags.len(), 0);
         assert_eq!(dropped.too_long, 5);
