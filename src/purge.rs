@@ -159,6 +159,9 @@ pub struct Subject<'a> {
     pub tags: &'a [std::sync::Arc<str>],
     pub key_full: &'a str,
     pub digest: u128,
+    /// Judging a response about to be stored (the floor applies), rather than one
+    /// already stored (which the sweeper has judged against every dropped mark).
+    pub inserting: bool,
 }
 
 impl Marker {
@@ -215,7 +218,8 @@ impl Marker {
             return Validity::Valid;
         }
         let marks = self.marks.read().unwrap_or_else(|e| e.into_inner());
-        if s.fetched_gen < marks.floor {
+        if s.inserting && s.fetched_gen < marks.floor {
+            // Fetched before purges whose marks are gone: it may be covered by one.
             return Validity::HardPurged;
         }
         let mut v = marks.all.judge(s.fetched_gen);
@@ -271,6 +275,7 @@ mod tests {
             tags,
             key_full: key,
             digest: 1,
+            inserting: false,
         }
     }
 
@@ -374,15 +379,21 @@ mod tests {
         assert_eq!(m.mark_count(), 1);
         m.forget_up_to(g);
         assert_eq!(m.mark_count(), 0);
-        // A fetch that started before the purge is still refused by the floor.
-        assert_eq!(
-            m.judge(&subject(old, &["t".into()], "http://a/")),
-            Validity::HardPurged
-        );
-        assert_eq!(
-            m.judge(&subject(m.current(), &["t".into()], "http://a/")),
-            Validity::Valid
-        );
+        // A fetch that started before the purge is still refused by the floor...
+        let tags: Vec<Arc<str>> = vec!["t".into()];
+        let late = Subject {
+            inserting: true,
+            ..subject(old, &tags, "http://a/")
+        };
+        assert_eq!(m.judge(&late), Validity::HardPurged);
+        let fresh = Subject {
+            inserting: true,
+            ..subject(m.current(), &tags, "http://a/")
+        };
+        assert_eq!(m.judge(&fresh), Validity::Valid);
+        // ...while entries already stored (and so swept) are not judged by it.
+        let other: Vec<Arc<str>> = vec!["other".into()];
+        assert_eq!(m.judge(&subject(old, &other, "http://a/")), Validity::Valid);
     }
 
     #[test]

@@ -168,12 +168,13 @@ impl Store {
         self.marker.current()
     }
 
-    fn judge(&self, key_full: &str, digest: u128, r: &StoredResponse) -> Validity {
+    fn judge(&self, key_full: &str, digest: u128, r: &StoredResponse, inserting: bool) -> Validity {
         self.marker.judge(&Subject {
             fetched_gen: r.fetched_gen,
             tags: &r.tags,
             key_full,
             digest,
+            inserting,
         })
     }
 
@@ -194,7 +195,7 @@ impl Store {
                     v.used
                         .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
                 }
-                match self.judge(&entry.full_key, key.digest, &v.response) {
+                match self.judge(&entry.full_key, key.digest, &v.response, false) {
                     Validity::Valid => Lookup::Hit(v.response.clone()),
                     Validity::SoftPurged => Lookup::SoftPurged(v.response.clone()),
                     Validity::HardPurged => Lookup::Miss,
@@ -211,7 +212,7 @@ impl Store {
     /// A response whose fetch started before a hard purge covering it is not stored
     /// (the in-flight race); before a soft purge, it is stored already stale.
     pub fn insert(&self, key: &CacheKey, mut response: StoredResponse) {
-        match self.judge(&key.full, key.digest, &response) {
+        match self.judge(&key.full, key.digest, &response, true) {
             Validity::Valid => {}
             Validity::SoftPurged => response.lifetime = Duration::ZERO,
             Validity::HardPurged => return,
@@ -326,7 +327,7 @@ impl Store {
             let verdicts: Vec<Validity> = entry
                 .variants
                 .iter()
-                .map(|v| self.judge(&entry.full_key, *digest, &v.response))
+                .map(|v| self.judge(&entry.full_key, *digest, &v.response, false))
                 .collect();
             if verdicts.iter().all(|v| *v == Validity::Valid) {
                 continue;
@@ -543,6 +544,11 @@ mod tests {
             2,
             "campaign:summer (the new /p/3) and page:home"
         );
+        // Entries the purge did not cover stay valid after the sweep drops its marks.
+        assert!(matches!(
+            store.lookup(&key("/other"), &HeaderMap::new()),
+            Lookup::Hit(_)
+        ));
         // A late fetch from before the purge is still refused after the marks are gone.
         store.insert(&key("/p/4"), tagged(&["campaign:summer"], g));
         assert!(matches!(

@@ -478,3 +478,27 @@ async fn stats_need_a_token_and_healthz_does_not() {
     assert!(v["entries"].is_u64());
     assert_eq!(origin.hits(), 0);
 }
+
+#[tokio::test]
+async fn the_sweep_after_a_purge_leaves_everything_else_alone() {
+    let origin = Origin::start(tagged_origin).await;
+    let proxy = proxy_with_tokens(&origin).await;
+    proxy.get("/campaign/s").await;
+    proxy.get("/product/5").await;
+    report(
+        &proxy
+            .purge(Some(CI), r#"{"tags":["campaign:summer"]}"#)
+            .await,
+    );
+    assert_eq!(proxy.sweep(), 1);
+    assert_eq!(proxy.running.proxy.stats()["purge_marks"], 0);
+    assert!(
+        proxy.get("/product/5").await.is_hit(),
+        "not covered by the purge"
+    );
+    assert!(!proxy.get("/campaign/s").await.is_hit());
+    assert!(
+        proxy.get("/campaign/s").await.is_hit(),
+        "fetched again after the purge"
+    );
+}
