@@ -280,6 +280,10 @@ pub struct ServerSection {
     pub strip_request_headers: Vec<String>,
     /// Add `X-Lacquer-Key` and `X-Lacquer-Variant` to responses (for debugging keys).
     pub debug_headers: bool,
+    /// On SIGTERM/SIGINT: stop accepting, then let requests in flight finish for up
+    /// to this long before exiting.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 /// The default `server.strip_request_headers`.
@@ -310,6 +314,7 @@ impl Default for ServerSection {
                 .map(|s| s.to_string())
                 .collect(),
             debug_headers: false,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -556,6 +561,7 @@ pub struct Settings {
     pub early_refresh: Duration,
     pub strip_request_headers: Vec<HeaderName>,
     pub debug_headers: bool,
+    pub drain_timeout: Duration,
     /// What was validated, for display.
     pub file: ConfigFile,
 }
@@ -1106,6 +1112,7 @@ impl Settings {
                 "server.strip_request_headers",
             )?,
             debug_headers: s.debug_headers,
+            drain_timeout: s.drain_timeout,
             file,
         })
     }

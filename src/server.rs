@@ -12,14 +12,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::config::Settings;
 use crate::proxy::{ClientInfo, Proxy};
 
-/// A running proxy. Dropping it stops accepting connections.
+/// A running proxy. Dropping it stops accepting connections;
+/// [`Running::shutdown`] also lets the requests in flight finish.
 pub struct Running {
     pub addr: SocketAddr,
     /// The admin listener's address, when it has one of its own.
@@ -27,6 +28,9 @@ pub struct Running {
     pub proxy: Arc<Proxy>,
     task: JoinHandle<()>,
     health_checks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    /// Every connection task holds a clone; the channel closes when the last ends.
+    open_connections: mpsc::Receiver<()>,
 }
 
 impl Drop for Running {
@@ -43,6 +47,23 @@ impl Running {
     pub async fn wait(mut self) {
         let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
         let _ = task.await;
+    }
+
+    /// Graceful shutdown: stop accepting, let every connection finish its request in
+    /// flight (keep-alive connections close after it), up to `drain`. Returns true
+    /// when everything drained in time.
+    pub async fn shutdown(mut self, drain: Duration) -> bool {
+        self.stop.send_replace(true);
+        let drained = tokio::time::timeout(drain, async {
+            // `None` once every connection task (and the accept loop) has ended.
+            while self.open_connections.recv().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            warn!(?drain, "drain timeout: closing the remaining connections");
+        }
+        drained
     }
 }
 
@@ -62,13 +83,17 @@ pub async fn start(settings: Settings) -> io::Result<Running> {
         }
         None => None,
     };
-    let task = tokio::spawn(accept_loop(listener, proxy.clone()));
+    let (stop, stop_rx) = watch::channel(false);
+    let (open_tx, open_connections) = mpsc::channel(1);
+    let task = tokio::spawn(accept_loop(listener, proxy.clone(), stop_rx, open_tx));
     Ok(Running {
         addr,
         admin_addr,
         proxy,
         task,
         health_checks,
+        stop,
+        open_connections,
     })
 }
 
@@ -88,10 +113,19 @@ fn connection_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<bool>,
+    open: mpsc::Sender<()>,
+) {
     let builder = Arc::new(connection_builder(proxy.settings()));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut stop) => return, // drops the listener: no new connections
+        };
+        let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly, keep serving.
@@ -103,7 +137,10 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let builder = builder.clone();
+        let open = open.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
+            let _open = open; // dropped when this connection ends
             let client = ClientInfo {
                 addr: peer,
                 scheme: "http",
@@ -132,7 +169,16 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
             };
             let result = match ended {
                 Some(result) => result,
-                None => conn.await,
+                None => {
+                    tokio::select! {
+                        result = conn.as_mut() => result,
+                        () = stopped(&mut stop) => {
+                            // Finish the request in flight, then close.
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }
             };
             if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
@@ -186,4 +232,9 @@ async fn admin_loop(listener: TcpListener, proxy: Arc<Proxy>) {
                 .await;
         });
     }
+}
+
+/// Resolves once a stop is signalled (or the signal's sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
