@@ -76,9 +76,12 @@ impl Proxy {
         &self,
         client: &ClientInfo,
         headers: &http::HeaderMap,
-    ) -> Result<&Token, Response<Body>> {
+    ) -> Result<&Token, Box<Response<Body>>> {
         if !self.admin_ip_allowed(client.addr.ip()) {
-            return Err(problem(StatusCode::FORBIDDEN, "client address not allowed"));
+            return Err(Box::new(problem(
+                StatusCode::FORBIDDEN,
+                "client address not allowed",
+            )));
         }
         match self.authenticate(headers) {
             Some(t) => Ok(t),
@@ -88,7 +91,7 @@ impl Proxy {
                     http::header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer"),
                 );
-                Err(res)
+                Err(Box::new(res))
             }
         }
     }
@@ -108,13 +111,25 @@ impl Proxy {
                     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
                 }
             }
+            (&Method::GET, "/metrics") => {
+                if !self.admin_ip_allowed(client.addr.ip()) {
+                    return problem(StatusCode::FORBIDDEN, "client address not allowed");
+                }
+                self.refresh_gauges();
+                let mut res = Response::new(body::full(self.metrics.render()));
+                res.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                res
+            }
             (&Method::GET, "/stats") => match self.authorize(&client, req.headers()) {
-                Err(res) => res,
+                Err(res) => *res,
                 Ok(_) => json(StatusCode::OK, &self.stats()),
             },
             (&Method::POST, "/purge") => {
                 let token = match self.authorize(&client, req.headers()) {
-                    Err(res) => return res,
+                    Err(res) => return *res,
                     Ok(t) => t.clone(),
                 };
                 let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -137,7 +152,7 @@ impl Proxy {
                 };
                 self.run_purge(purge, &token, &client, "api")
             }
-            (_, "/healthz" | "/stats" | "/purge") => {
+            (_, "/healthz" | "/stats" | "/purge" | "/metrics") => {
                 problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => problem(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -161,7 +176,7 @@ impl Proxy {
             );
         }
         let token = match self.authorize(client, headers) {
-            Err(res) => return res,
+            Err(res) => return *res,
             Ok(t) => t.clone(),
         };
         let soft = headers
@@ -235,6 +250,16 @@ impl Proxy {
         }
         let report: PurgeReport = self.store.purge(&purge, &keys);
         if !purge.dry_run {
+            for (op, present) in [
+                ("tag", !purge.tags.is_empty()),
+                ("url", !purge.urls.is_empty()),
+                ("prefix", !purge.prefixes.is_empty()),
+                ("all", purge.all),
+            ] {
+                if present {
+                    self.metrics.purge(op, &token.name, purge.soft);
+                }
+            }
             // Requests after the purge must not join a fetch that began before it.
             self.flights.detach_all();
         }
@@ -288,8 +313,26 @@ impl Proxy {
         ))
     }
 
-    /// The figures of `GET /stats`.
+    fn refresh_gauges(&self) {
+        self.metrics.set_store(
+            self.store.len(),
+            self.store.weighted_size(),
+            self.store.tag_index_len(),
+        );
+        for u in self.origins.list() {
+            self.metrics
+                .set_origin_health(&u.settings.name, u.is_healthy());
+        }
+    }
+
+    /// The figures of `GET /stats`: the metrics, as JSON for people.
     pub fn stats(&self) -> serde_json::Value {
+        let requests: serde_json::Map<String, serde_json::Value> = self
+            .metrics
+            .requests_by_outcome()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
         let activity = *self.flights.activity().borrow();
         let origins: Vec<serde_json::Value> = self
             .origins
@@ -302,6 +345,10 @@ impl Proxy {
             "bytes": self.store.weighted_size(),
             "tag_index": self.store.tag_index_len(),
             "purge_marks": self.store.purge_marks(),
+            "requests": requests,
+            "coalesced_waiters": self.metrics.coalesced_waiters.get(),
+            "background_revalidations": self.metrics.background_revalidations.get(),
+            "evictions": self.metrics.evictions.get(),
             "flights": activity.flights,
             "waiters": activity.waiters,
             "origins": origins,

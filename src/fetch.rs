@@ -122,6 +122,7 @@ impl Proxy {
                 }
             }
             Join::Waiter(mut waiter) => {
+                self.metrics.coalesced_waiters.inc();
                 match tokio::time::timeout(self.settings.coalesce_wait, waiter.result()).await {
                     Ok(Some(shared)) => self.answer_shared(&job, shared, true).await,
                     Ok(None) => self.error_response(&job, StatusCode::BAD_GATEWAY, "fetch-failed"),
@@ -136,6 +137,7 @@ impl Proxy {
     /// Stale-while-revalidate and early refresh: one background validation per key.
     pub(crate) fn background_revalidate(self: &Arc<Self>, ctx: &Ctx, entry: Arc<StoredResponse>) {
         if let Join::Leader(guard) = self.flights.join(ctx.key.digest) {
+            self.metrics.background_revalidations.inc();
             let this = self.clone();
             let job = Job {
                 ctx: ctx.clone(),

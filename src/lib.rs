@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cli;
 pub mod coalesce;
 pub mod conditional;
 pub mod config;
@@ -14,11 +15,12 @@ pub mod fetch;
 pub mod forward;
 pub mod freshness;
 pub mod key;
+pub mod metrics;
 pub mod origin;
 pub mod outcome;
 pub mod proxy;
-pub mod server;
 pub mod purge;
+pub mod server;
 pub mod store;
 pub mod tags;
 pub mod vary;

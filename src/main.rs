@@ -1,4 +1,5 @@
-//! The `lacquer` command: `serve`, `check-config`, `origin`.
+//! The `lacquer` command: `serve`, `check-config`, `origin`, and for pipelines `purge`
+//! and `verify` (their logic is in `lacquer::cli`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
     },
+    /// Purge through the admin API (for pipelines): exit 0 done, 1 refused, 2 usage,
+    /// 3 unreachable.
+    Purge(lacquer::cli::PurgeArgs),
+    /// Poll a URL until the new content is served: exit 0 served, 1 not in time,
+    /// 2 usage, 3 unreachable.
+    Verify(lacquer::cli::VerifyArgs),
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
@@ -144,25 +151,38 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Purge(args) => run_cli(lacquer::cli::purge(args)),
+        Command::Verify(args) => run_cli(lacquer::cli::verify(args)),
     }
 }
 
+/// `purge` and `verify`: their own exit codes; a runtime that cannot start counts as
+/// "unreachable" (3), the code a pipeline retries.
+fn run_cli(fut: impl std::future::Future<Output = lacquer::cli::Exit>) -> ExitCode {
+    block_on(fut).map_or(lacquer::cli::Exit::Unreachable.into(), ExitCode::from)
+}
+
 fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match block_on(fut) {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            eprintln!("lacquer: {e}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// Runs `fut` on a new runtime; `None` (after a message) if the runtime cannot start.
+fn block_on<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => Some(runtime.block_on(fut)),
         Err(e) => {
             eprintln!("lacquer: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(fut) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lacquer: {e}");
-            ExitCode::FAILURE
+            None
         }
     }
 }

@@ -268,16 +268,18 @@ impl Upstream {
 /// The origins of a site, in priority order.
 pub struct Origins {
     list: Vec<Arc<Upstream>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Origins {
-    pub fn new(settings: &[OriginSettings]) -> Origins {
+    pub fn new(settings: &[OriginSettings], metrics: Arc<crate::metrics::Metrics>) -> Origins {
         Origins {
             list: settings
                 .iter()
                 .cloned()
                 .map(|s| Arc::new(Upstream::new(s)))
                 .collect(),
+            metrics,
         }
     }
 
@@ -327,7 +329,15 @@ impl Origins {
                 candidates.get(1).unwrap_or(first)
             };
             let Some(req) = build(upstream) else { break };
-            match upstream.send(req).await {
+            let started = std::time::Instant::now();
+            let result = upstream.send(req).await;
+            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            self.metrics.origin_response(
+                &upstream.settings.name,
+                status,
+                started.elapsed().as_secs_f64(),
+            );
+            match result {
                 Ok(res) => return Ok((res, upstream)),
                 Err(e) if e.kind.never_sent() && attempt + 1 < attempts => {
                     warn!(error = %e, "origin connection failed; retrying once");

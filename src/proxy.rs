@@ -54,6 +54,7 @@ pub struct Proxy {
     pub(crate) flights: Arc<Flights>,
     /// Keys whose responses could not be shared recently (hit-for-miss).
     pub(crate) uncacheable: moka::sync::Cache<u128, ()>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Results of recent purges by (token, request_id), for idempotent replays.
     pub(crate) purge_results: moka::sync::Cache<String, Arc<serde_json::Value>>,
 }
@@ -77,7 +78,8 @@ pub(crate) struct Ctx {
 impl Proxy {
     pub fn new(settings: Settings) -> Arc<Proxy> {
         let store = Arc::new(Store::new(settings.max_size, settings.max_variants));
-        let origins = Arc::new(Origins::new(&settings.origins));
+        let metrics = Arc::new(crate::metrics::Metrics::new(store.evictions.clone()));
+        let origins = Arc::new(Origins::new(&settings.origins, metrics.clone()));
         let uncacheable = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(
@@ -96,6 +98,7 @@ impl Proxy {
             )
             .build();
         Arc::new(Proxy {
+            metrics,
             purge_results,
             settings: Arc::new(settings),
             store,
@@ -107,6 +110,11 @@ impl Proxy {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The origins and their health.
@@ -131,6 +139,7 @@ impl Proxy {
         let s = &self.settings;
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > s.max_uri_bytes {
+            self.metrics.request("rejected");
             return plain(StatusCode::URI_TOO_LONG, "414 URI Too Long\n");
         }
         let head_bytes: usize = req
@@ -139,6 +148,7 @@ impl Proxy {
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum();
         if head_bytes + uri_len > s.max_header_bytes {
+            self.metrics.request("rejected");
             return plain(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "431 Request Header Fields Too Large\n",
@@ -564,6 +574,7 @@ impl Proxy {
         outcome: &Outcome,
         ttl: Option<i64>,
     ) -> Response<Body> {
+        self.metrics.request(outcome.label());
         let headers = res.headers_mut();
         let upstream = headers.remove(&CACHE_STATUS);
         if let Some(v) =

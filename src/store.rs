@@ -125,6 +125,8 @@ pub struct Store {
     marker: Marker,
     tag_counts: TagCounts,
     swept: AtomicU64,
+    /// Entries evicted for space (the metrics register this counter).
+    pub evictions: prometheus_client::metrics::counter::Counter,
 }
 
 fn count_tags(counts: &TagCounts, entry: &KeyEntry, add: bool) {
@@ -147,11 +149,18 @@ impl Store {
     pub fn new(max_bytes: u64, max_variants: usize) -> Store {
         let tag_counts: TagCounts = Arc::default();
         let counts = tag_counts.clone();
+        let evictions = prometheus_client::metrics::counter::Counter::<u64>::default();
+        let evicted = evictions.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &u128, v: &Arc<KeyEntry>| v.weight())
             // Every way out (replaced, invalidated, evicted) keeps the tag index exact.
-            .eviction_listener(move |_k, v: Arc<KeyEntry>, _cause| count_tags(&counts, &v, false))
+            .eviction_listener(move |_k, v: Arc<KeyEntry>, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.inc();
+                }
+                count_tags(&counts, &v, false)
+            })
             .build();
         Store {
             cache,
@@ -160,6 +169,7 @@ impl Store {
             marker: Marker::default(),
             tag_counts,
             swept: AtomicU64::new(0),
+            evictions,
         }
     }
 

@@ -1,0 +1,265 @@
+//! Metrics in the Prometheus text format (`GET /metrics` on the admin API) and the
+//! same figures as JSON (`GET /stats`). Rendered from the one [`Outcome`] value per
+//! request, like `Cache-Status` and the access log.
+//!
+//! The hit path only increments a pre-resolved counter (an atomic add): no label
+//! lookup, no lock.
+//!
+//! [`Outcome`]: crate::outcome::Outcome
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Every outcome label (`Outcome::label`), in a fixed order.
+pub const OUTCOMES: [&str; 11] = [
+    "hit",
+    "stale-hit",
+    "miss",
+    "pass",
+    "coalesced",
+    "revalidated",
+    "stale-swr",
+    "stale-sie",
+    "origin-error",
+    "only-if-cached",
+    "rejected",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    cache_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginStatus {
+    origin: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabel {
+    origin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurgeLabel {
+    operation: &'static str,
+    token: String,
+    soft: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    by_outcome: [Counter; OUTCOMES.len()],
+    origin_requests: Family<OriginStatus, Counter>,
+    origin_latency: Family<OriginLabel, Histogram, fn() -> Histogram>,
+    pub coalesced_waiters: Counter,
+    pub background_revalidations: Counter,
+    purges: Family<PurgeLabel, Counter>,
+    pub evictions: Counter,
+    entries: Gauge,
+    bytes: Gauge,
+    tag_index: Gauge,
+    origin_healthy: Family<OriginLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(Counter::default())
+    }
+}
+
+impl Metrics {
+    /// `evictions` is the store's own counter (bumped by its eviction listener).
+    pub fn new(evictions: Counter) -> Metrics {
+        let mut registry = Registry::with_prefix("lacquer");
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        let by_outcome = OUTCOMES.map(|o| {
+            requests
+                .get_or_create(&OutcomeLabel { cache_status: o })
+                .clone()
+        });
+        registry.register("requests", "Requests by cache outcome", requests);
+        let origin_requests = Family::<OriginStatus, Counter>::default();
+        registry.register(
+            "origin_requests",
+            "Requests sent to origins, by origin and status",
+            origin_requests.clone(),
+        );
+        let origin_latency =
+            Family::<OriginLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "origin_response_seconds",
+            "Time to the origin's response head",
+            origin_latency.clone(),
+        );
+        let coalesced_waiters = Counter::default();
+        registry.register(
+            "coalesced_waiters",
+            "Requests that waited on another request's fetch",
+            coalesced_waiters.clone(),
+        );
+        let background_revalidations = Counter::default();
+        registry.register(
+            "background_revalidations",
+            "Background revalidations started",
+            background_revalidations.clone(),
+        );
+        let purges = Family::<PurgeLabel, Counter>::default();
+        registry.register(
+            "purges",
+            "Purge operations by operation, token and softness",
+            purges.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Entries evicted to stay within the memory budget",
+            evictions.clone(),
+        );
+        let entries = Gauge::default();
+        registry.register("entries", "URLs stored", entries.clone());
+        let bytes = Gauge::default();
+        registry.register("bytes", "Bytes accounted to stored entries", bytes.clone());
+        let tag_index = Gauge::default();
+        registry.register(
+            "tag_index_tags",
+            "Distinct tags in the tag index",
+            tag_index.clone(),
+        );
+        let origin_healthy = Family::<OriginLabel, Gauge>::default();
+        registry.register(
+            "origin_healthy",
+            "1 when the origin passes its health check",
+            origin_healthy.clone(),
+        );
+        Metrics {
+            registry,
+            by_outcome,
+            origin_requests,
+            origin_latency,
+            coalesced_waiters,
+            background_revalidations,
+            purges,
+            evictions,
+            entries,
+            bytes,
+            tag_index,
+            origin_healthy,
+        }
+    }
+
+    /// Counts one request by its outcome label.
+    pub fn request(&self, label: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == label) {
+            self.by_outcome[i].inc();
+        }
+    }
+
+    pub fn requests_by_outcome(&self) -> Vec<(&'static str, u64)> {
+        OUTCOMES
+            .iter()
+            .zip(&self.by_outcome)
+            .map(|(o, c)| (*o, c.get()))
+            .collect()
+    }
+
+    pub fn origin_response(&self, origin: &str, status: Option<u16>, seconds: f64) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.origin_requests
+            .get_or_create(&OriginStatus {
+                origin: origin.to_string(),
+                status,
+            })
+            .inc();
+        self.origin_latency
+            .get_or_create(&OriginLabel {
+                origin: origin.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn purge(&self, operation: &'static str, token: &str, soft: bool) {
+        let soft = if soft { "true" } else { "false" };
+        self.purges
+            .get_or_create(&PurgeLabel {
+                operation,
+                token: token.to_string(),
+                soft,
+            })
+            .inc();
+    }
+
+    /// Sets the gauges that are read at scrape time.
+    pub fn set_store(&self, entries: u64, bytes: u64, tags: usize) {
+        self.entries.set(entries as i64);
+        self.bytes.set(bytes as i64);
+        self.tag_index.set(tags as i64);
+    }
+
+    pub fn set_origin_health(&self, origin: &str, healthy: bool) {
+        self.origin_healthy
+            .get_or_create(&OriginLabel {
+                origin: origin.to_string(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_render_in_prometheus_text() {
+        let m = Metrics::default();
+        m.request("hit");
+        m.request("hit");
+        m.request("miss");
+        m.request("not-a-label");
+        m.origin_response("default", Some(200), 0.01);
+        m.purge("tag", "ci", false);
+        m.set_store(3, 1024, 2);
+        let text = m.render();
+        assert!(
+            text.contains("lacquer_requests_total{cache_status=\"hit\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lacquer_requests_total{cache_status=\"miss\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lacquer_origin_requests_total{origin=\"default\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lacquer_purges_total{operation=\"tag\",token=\"ci\",soft=\"false\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("lacquer_entries 3"), "{text}");
+        assert!(
+            text.contains("lacquer_origin_response_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
