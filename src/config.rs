@@ -34,6 +34,8 @@ pub struct ConfigFile {
     pub tags: TagsSection,
     /// `[admin]`: the purge/stats API and its tokens.
     pub admin: AdminSection,
+    /// `[log]`: log format and the access log.
+    pub log: LogSection,
     /// `[[origins]]`: the origins, in priority order. The first is the default.
     pub origins: Vec<OriginSection>,
 }
@@ -57,6 +59,35 @@ impl Default for TagsSection {
             strip: true,
             max_length: 256,
             max_per_object: 128,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` or `json` (one object per line).
+    pub format: LogFormat,
+    /// One line per request (target `lacquer::access`).
+    pub access: bool,
+    /// Default filter when RUST_LOG is not set, e.g. "info" or "lacquer=debug".
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            access: true,
+            level: "info".into(),
         }
     }
 }
@@ -562,6 +593,7 @@ pub struct Settings {
     pub strip_request_headers: Vec<HeaderName>,
     pub debug_headers: bool,
     pub drain_timeout: Duration,
+    pub access_log: bool,
     /// What was validated, for display.
     pub file: ConfigFile,
 }
@@ -1113,6 +1145,7 @@ impl Settings {
             )?,
             debug_headers: s.debug_headers,
             drain_timeout: s.drain_timeout,
+            access_log: file.log.access,
             file,
         })
     }

@@ -165,7 +165,10 @@ impl Proxy {
 
     async fn range_pass(&self, ctx: &Ctx) -> Response<Body> {
         let build = |up: &Upstream| self.origin_request(up, ctx, ctx.method.clone(), body::empty());
-        match self.origins.send(build, true).await {
+        let sent = std::time::Instant::now();
+        let result = self.origins.send(build, true).await;
+        ctx.record_origin_time(sent);
+        match result {
             Ok((res, _)) => {
                 let (mut parts, rbody) = res.into_parts();
                 self.clean_origin_headers(&mut parts.headers, SystemTime::now());
@@ -214,10 +217,13 @@ impl Proxy {
         let fetched_gen = self.store.generation();
         let request_time = SystemTime::now();
         // GET without a body can be rebuilt: one retry on a connection failure.
-        let res = match self.origins.send(build, true).await {
+        let sent = std::time::Instant::now();
+        let result = self.origins.send(build, true).await;
+        ctx.record_origin_time(sent);
+        let res = match result {
             Ok((res, _)) => res,
             Err(e) => {
-                warn!(host = %ctx.host, uri = %ctx.uri, error = %e, "origin request failed");
+                warn!(request_id = ctx.request_id, host = %ctx.host, uri = %ctx.uri, error = %e, "origin request failed");
                 return Exchange::Failed {
                     status: e.kind.status(),
                     detail: e.kind.as_str(),
@@ -249,7 +255,7 @@ impl Proxy {
             }
         }
         if status.is_server_error() {
-            warn!(host = %ctx.host, uri = %ctx.uri, status = status.as_u16(), "origin answered with a server error");
+            warn!(request_id = ctx.request_id, host = %ctx.host, uri = %ctx.uri, status = status.as_u16(), "origin answered with a server error");
             let res = response(status, rparts.headers, body::boxed(rbody));
             return Exchange::Failed {
                 status,

@@ -77,13 +77,16 @@ fn load_settings(
     Settings::from_file(file)
 }
 
-fn init_logging() {
+fn init_logging(format: lacquer::config::LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        lacquer::config::LogFormat::Json => builder.json().init(),
+        lacquer::config::LogFormat::Text => builder.init(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -130,19 +133,21 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return config_failure(&e),
             };
-            init_logging();
+            init_logging(settings.file.log.format, &settings.file.log.level);
+            let drain = settings.drain_timeout;
             run(async move {
                 let running = lacquer::server::start(settings).await?;
                 println!("lacquer: listening on {}", running.addr);
                 tracing::info!(addr = %running.addr, "proxy listening");
                 shutdown_signal().await;
-                tracing::info!("shutting down");
-                drop(running);
+                tracing::info!(?drain, "shutting down: draining requests in flight");
+                let drained = running.shutdown(drain).await;
+                tracing::info!(drained, "stopped");
                 Ok(())
             })
         }
         Command::Origin { listen } => {
-            init_logging();
+            init_logging(lacquer::config::LogFormat::Text, "info");
             run(async move {
                 let origin = lacquer::demo_origin::start(listen).await?;
                 println!("lacquer origin: listening on {}", origin.addr);

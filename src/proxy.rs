@@ -73,6 +73,25 @@ pub(crate) struct Ctx {
     pub host_norm: String,
     pub key: CacheKey,
     pub req_dirs: Directives,
+    /// This request's id in logs (a process-wide counter).
+    pub request_id: u64,
+    /// Time spent waiting for the origin's response head, in microseconds (shared
+    /// with the flight task that fetches on this request's behalf).
+    pub origin_micros: Arc<std::sync::atomic::AtomicU64>,
+}
+
+static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The outcome label of a response, for the access log.
+#[derive(Clone, Copy)]
+pub(crate) struct OutcomeLabel(pub &'static str);
+
+impl Ctx {
+    pub(crate) fn record_origin_time(&self, since: std::time::Instant) {
+        let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.origin_micros
+            .store(micros, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Proxy {
@@ -137,6 +156,7 @@ impl Proxy {
         client: ClientInfo,
     ) -> Response<Body> {
         let s = &self.settings;
+        let started = std::time::Instant::now();
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > s.max_uri_bytes {
             self.metrics.request("rejected");
@@ -208,6 +228,8 @@ impl Proxy {
             host_norm,
             key,
             req_dirs,
+            request_id: REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            origin_micros: Arc::default(),
         };
         if ctx.method.as_str() == "PURGE" {
             // Never forwarded: answered here, with a token (admin.rs).
@@ -226,6 +248,9 @@ impl Proxy {
         };
         if s.debug_headers {
             debug_headers(&mut res, &ctx.key);
+        }
+        if s.access_log {
+            access_log(&ctx, &res, started);
         }
         res
     }
@@ -320,7 +345,10 @@ impl Proxy {
             body.take()
                 .and_then(|b| self.origin_request(up, ctx, method.clone(), b))
         };
-        let res = match self.origins.send(build, false).await {
+        let sent = std::time::Instant::now();
+        let res = self.origins.send(build, false).await;
+        ctx.record_origin_time(sent);
+        let res = match res {
             Ok((res, _)) => res,
             Err(e) => return self.origin_error(ctx, e, Fwd::Method),
         };
@@ -575,6 +603,7 @@ impl Proxy {
         ttl: Option<i64>,
     ) -> Response<Body> {
         self.metrics.request(outcome.label());
+        res.extensions_mut().insert(OutcomeLabel(outcome.label()));
         let headers = res.headers_mut();
         let upstream = headers.remove(&CACHE_STATUS);
         if let Some(v) =
@@ -663,4 +692,29 @@ fn debug_headers(res: &mut Response<Body>, key: &CacheKey) {
             headers.insert(HeaderName::from_static("x-lacquer-variant"), v);
         }
     }
+}
+
+/// One structured line per request (target `lacquer::access`): never a header value,
+/// so no secret can reach the log.
+fn access_log(ctx: &Ctx, res: &Response<Body>, started: std::time::Instant) {
+    let cache = res.extensions().get::<OutcomeLabel>().map_or("-", |o| o.0);
+    let bytes = res
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info!(
+        target: "lacquer::access",
+        request_id = ctx.request_id,
+        client = %ctx.client.addr.ip(),
+        method = %ctx.method,
+        host = %ctx.host,
+        path = %ctx.uri.path(),
+        status = res.status().as_u16(),
+        cache,
+        key = %format_args!("{:016x}", (ctx.key.digest >> 64) as u64),
+        bytes,
+        total_ms = started.elapsed().as_secs_f64() * 1000.0,
+        origin_ms = ctx.origin_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0,
+    );
 }

@@ -63,3 +63,131 @@ async fn shutdown_drains_a_request_in_flight_and_refuses_new_connections() {
     assert_eq!(body, "slow but complete");
     assert!(shutdown.await.unwrap(), "drained within the drain timeout");
 }
+
+#[tokio::test]
+async fn metrics_move_as_requests_are_served() {
+    let origin = Origin::start(|_| Reply::ok("m").header("cache-control", "max-age=60")).await;
+    let proxy = Proxy::start(&origin).await;
+    let scrape = || async { proxy.get("/.lacquer/metrics").await.text() };
+    let before = scrape().await;
+    assert!(
+        before.contains("lacquer_requests_total{cache_status=\"hit\"} 0"),
+        "{before}"
+    );
+    proxy.get("/m").await;
+    proxy.get("/m").await;
+    proxy.get("/m").await;
+    let after = scrape().await;
+    assert!(
+        after.contains("lacquer_requests_total{cache_status=\"miss\"} 1"),
+        "{after}"
+    );
+    assert!(
+        after.contains("lacquer_requests_total{cache_status=\"hit\"} 2"),
+        "{after}"
+    );
+    assert!(
+        after.contains("lacquer_origin_requests_total{origin=\"default\",status=\"200\"} 1"),
+        "{after}"
+    );
+    assert!(after.contains("lacquer_entries 1"), "{after}");
+    assert!(
+        after.contains("lacquer_origin_healthy{origin=\"default\"} 1"),
+        "{after}"
+    );
+    assert_eq!(origin.hits(), 1, "scrapes never reach the origin");
+}
+
+/// The real binary: JSON access log lines, and SIGTERM exits 0 after draining.
+#[test]
+fn access_log_lines_and_sigterm() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(Origin::start(|_| {
+        Reply::ok("logged").header("cache-control", "public, max-age=60")
+    }));
+    let dir = std::env::temp_dir().join(format!("lacquer-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("json-log.toml");
+    std::fs::write(&config, "[log]\nformat = \"json\"\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lacquer"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--origin",
+            &origin.url(),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    rt.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, http_body_util::Full<bytes::Bytes>>(
+                hyper_util::client::legacy::connect::HttpConnector::new(),
+            );
+        for _ in 0..2 {
+            let req = http::Request::get(format!("http://{addr}/page?q=1"))
+                .header("authorization", "Bearer super-secret-value")
+                .body(http_body_util::Full::default())
+                .unwrap();
+            let res = client.request(req).await.unwrap();
+            assert_eq!(res.status(), 200);
+            use http_body_util::BodyExt;
+            res.into_body().collect().await.unwrap();
+        }
+    });
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM: graceful exit");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        !stderr.contains("super-secret-value"),
+        "secrets never reach the log"
+    );
+    let access: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "lacquer::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{stderr}");
+    let f = &access[0]["fields"];
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["path"], "/page");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["cache"], "miss");
+    assert_eq!(access[1]["fields"]["cache"], "hit");
+    assert!(f["key"].as_str().is_some_and(|k| k.len() == 16), "{f}");
+    assert!(
+        f["total_ms"].is_number() && f["origin_ms"].is_number(),
+        "{f}"
+    );
+    assert_eq!(
+        access[1]["fields"]["origin_ms"], 0.0,
+        "a hit spends no time at the origin"
+    );
+    assert!(f["request_id"].is_number());
+}
