@@ -47,13 +47,13 @@ fn problem(status: StatusCode, message: &str) -> Response<Body> {
 impl Proxy {
     /// Is this client allowed to talk to the admin API at all?
     fn admin_ip_allowed(&self, ip: IpAddr) -> bool {
-        let allow = &self.settings.admin.allow_ips;
+        let allow = &self.cfg().admin.allow_ips;
         allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
     }
 
     /// The token presented as `Authorization: Bearer …`, compared in constant time
     /// against every configured token (no early exit, no secret in any log).
-    fn authenticate(&self, req_headers: &http::HeaderMap) -> Option<&Token> {
+    fn authenticate(&self, req_headers: &http::HeaderMap) -> Option<Token> {
         let presented = req_headers
             .get(AUTHORIZATION)?
             .to_str()
@@ -61,11 +61,12 @@ impl Proxy {
             .strip_prefix("Bearer ")?
             .trim()
             .as_bytes();
+        let cfg = self.cfg();
         let mut found = None;
-        for t in &self.settings.admin.tokens {
+        for t in &cfg.admin.tokens {
             let same: bool = t.secret.as_slice().ct_eq(presented).into();
             if same && found.is_none() {
-                found = Some(t);
+                found = Some(t.clone());
             }
         }
         found
@@ -76,7 +77,7 @@ impl Proxy {
         &self,
         client: &ClientInfo,
         headers: &http::HeaderMap,
-    ) -> Result<&Token, Box<Response<Body>>> {
+    ) -> Result<Token, Box<Response<Body>>> {
         if !self.admin_ip_allowed(client.addr.ip()) {
             return Err(Box::new(problem(
                 StatusCode::FORBIDDEN,
@@ -105,7 +106,7 @@ impl Proxy {
     ) -> Response<Body> {
         match (req.method(), path) {
             (&Method::GET, "/healthz") => {
-                if self.origins.all_unhealthy() {
+                if self.origins().all_unhealthy() {
                     problem(StatusCode::SERVICE_UNAVAILABLE, "no healthy origin")
                 } else {
                     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
@@ -122,6 +123,34 @@ impl Proxy {
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 res
+            }
+            (&Method::POST, "/reload") => {
+                let token = match self.authorize(&client, req.headers()) {
+                    Err(res) => return *res,
+                    Ok(t) => t,
+                };
+                if !token.operations.contains(&Operation::Reload) {
+                    return problem(
+                        StatusCode::FORBIDDEN,
+                        &format!("token `{}` may not reload", token.name),
+                    );
+                }
+                match self.reload_from_source() {
+                    Ok(report) => {
+                        info!(target: "lacquer::audit", token = %token.name, ?report, "configuration reloaded");
+                        json(
+                            StatusCode::OK,
+                            &serde_json::json!({ "reloaded": true, "report": report }),
+                        )
+                    }
+                    Err(reason) => {
+                        info!(target: "lacquer::audit", token = %token.name, %reason, "reload rejected");
+                        problem(
+                            StatusCode::BAD_REQUEST,
+                            &format!("reload rejected, old configuration kept: {reason}"),
+                        )
+                    }
+                }
             }
             (&Method::GET, "/stats") => match self.authorize(&client, req.headers()) {
                 Err(res) => *res,
@@ -152,7 +181,7 @@ impl Proxy {
                 };
                 self.run_purge(purge, &token, &client, "api")
             }
-            (_, "/healthz" | "/stats" | "/purge" | "/metrics") => {
+            (_, "/healthz" | "/stats" | "/purge" | "/metrics" | "/reload") => {
                 problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => problem(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -169,7 +198,7 @@ impl Proxy {
         key: &CacheKey,
         client: &ClientInfo,
     ) -> Response<Body> {
-        if !self.settings.admin.purge_method {
+        if !self.cfg().admin.purge_method {
             return problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "PURGE is disabled on this listener",
@@ -203,7 +232,7 @@ impl Proxy {
         client: &ClientInfo,
         via: &'static str,
     ) -> Response<Body> {
-        if let Err(message) = purge.validate(self.settings.admin.max_batch) {
+        if let Err(message) = purge.validate(self.cfg().admin.max_batch) {
             return problem(StatusCode::BAD_REQUEST, &message);
         }
         let mut keys = Vec::new();
@@ -301,7 +330,8 @@ impl Proxy {
         let uri: Uri = url.parse().ok()?;
         let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
         let host = key::normalize_host(uri.authority()?.as_str(), scheme);
-        let rule = self.settings.key_rules.rule_for(&host, uri.path());
+        let cfg = self.cfg();
+        let rule = cfg.key_rules.rule_for(&host, uri.path());
         let mut headers = http::HeaderMap::new();
         rule.vary.normalize_request(&mut headers);
         Some(key::primary_key(
@@ -319,7 +349,7 @@ impl Proxy {
             self.store.weighted_size(),
             self.store.tag_index_len(),
         );
-        for u in self.origins.list() {
+        for u in self.origins().list() {
             self.metrics
                 .set_origin_health(&u.settings.name, u.is_healthy());
         }
@@ -335,7 +365,7 @@ impl Proxy {
             .collect();
         let activity = *self.flights.activity().borrow();
         let origins: Vec<serde_json::Value> = self
-            .origins
+            .origins()
             .list()
             .iter()
             .map(|u| serde_json::json!({ "name": u.settings.name, "healthy": u.is_healthy() }))

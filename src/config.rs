@@ -101,6 +101,8 @@ pub enum Operation {
     Prefix,
     /// Purge everything: the break-glass scope.
     All,
+    /// Reload the configuration (`POST /reload`).
+    Reload,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

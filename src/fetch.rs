@@ -123,7 +123,7 @@ impl Proxy {
             }
             Join::Waiter(mut waiter) => {
                 self.metrics.coalesced_waiters.inc();
-                match tokio::time::timeout(self.settings.coalesce_wait, waiter.result()).await {
+                match tokio::time::timeout(self.cfg().coalesce_wait, waiter.result()).await {
                     Ok(Some(shared)) => self.answer_shared(&job, shared, true).await,
                     Ok(None) => self.error_response(&job, StatusCode::BAD_GATEWAY, "fetch-failed"),
                     Err(_) => {
@@ -166,7 +166,8 @@ impl Proxy {
     async fn range_pass(&self, ctx: &Ctx) -> Response<Body> {
         let build = |up: &Upstream| self.origin_request(up, ctx, ctx.method.clone(), body::empty());
         let sent = std::time::Instant::now();
-        let result = self.origins.send(build, true).await;
+        let origins = self.origins();
+        let result = origins.send(build, true).await;
         ctx.record_origin_time(sent);
         match result {
             Ok((res, _)) => {
@@ -192,7 +193,7 @@ impl Proxy {
     /// Talks to the origin and classifies the answer. Touches no shared state.
     async fn exchange(&self, job: &Job) -> Exchange {
         let ctx = &job.ctx;
-        let policy = &self.settings.policy;
+        let policy = &self.cfg().policy;
         let stale = job.stale.clone();
         let build = |up: &Upstream| {
             let mut oreq = self.origin_request(up, ctx, Method::GET, body::empty())?;
@@ -218,7 +219,8 @@ impl Proxy {
         let request_time = SystemTime::now();
         // GET without a body can be rebuilt: one retry on a connection failure.
         let sent = std::time::Instant::now();
-        let result = self.origins.send(build, true).await;
+        let origins = self.origins();
+        let result = origins.send(build, true).await;
         ctx.record_origin_time(sent);
         let res = match result {
             Ok((res, _)) => res,
@@ -275,10 +277,8 @@ impl Proxy {
         );
         let len = content_length(&rparts.headers);
         let names = key::vary_names(&rparts.headers).unwrap_or_default();
-        let rule = self
-            .settings
-            .key_rules
-            .rule_for(&ctx.host_norm, ctx.uri.path());
+        let cfg = self.cfg();
+        let rule = cfg.key_rules.rule_for(&ctx.host_norm, ctx.uri.path());
         let verdict = freshness::storable(
             &ctx.headers,
             &ctx.req_dirs,
@@ -289,7 +289,7 @@ impl Proxy {
             policy,
         )
         .and_then(|()| match len {
-            Some(n) if n > self.settings.max_object_size => Err(NotStored::TooLarge),
+            Some(n) if n > self.cfg().max_object_size => Err(NotStored::TooLarge),
             _ => Ok(()),
         })
         // Vary on Cookie/Authorization/User-Agent: one copy per user; only if allowed.
@@ -341,7 +341,7 @@ impl Proxy {
         request_time: SystemTime,
         response_time: SystemTime,
     ) -> StoredResponse {
-        let policy = &self.settings.policy;
+        let policy = &self.cfg().policy;
         let mut headers = stale.headers.clone();
         for name in fresh.keys() {
             if name == CONTENT_LENGTH || name == AGE || name == CACHE_STATUS {
@@ -383,14 +383,14 @@ impl Proxy {
 
     /// The response's tags, within the configured limits (a log line when cut).
     fn tags_of(&self, ctx: &Ctx, headers: &HeaderMap) -> Arc<[Arc<str>]> {
-        let (tags, dropped) = crate::tags::extract(&self.settings.tag_rules, headers);
+        let (tags, dropped) = crate::tags::extract(&self.cfg().tag_rules, headers);
         if dropped.too_long > 0 || dropped.over_count > 0 {
             warn!(
                 key = %ctx.key.full,
                 too_long = dropped.too_long,
                 over_limit = dropped.over_count,
-                max_length = self.settings.tag_rules.max_length,
-                max_per_object = self.settings.tag_rules.max_per_object,
+                max_length = self.cfg().tag_rules.max_length,
+                max_per_object = self.cfg().tag_rules.max_per_object,
                 "tags dropped: over the configured limits"
             );
         }
@@ -450,7 +450,7 @@ impl Proxy {
                     // The origin no longer lets us keep what we had: drop it.
                     self.store.invalidate(&ctx.key);
                 }
-                if uncacheable_for_everyone(reason) && !self.settings.uncacheable_ttl.is_zero() {
+                if uncacheable_for_everyone(reason) && !self.cfg().uncacheable_ttl.is_zero() {
                     self.uncacheable.insert(ctx.key.digest, ());
                 }
                 publish(Shared::Uncacheable(reason));
@@ -490,7 +490,7 @@ impl Proxy {
                         full.body = bytes;
                         store.insert(&key, full);
                     };
-                    let limit = self.settings.max_object_size as usize;
+                    let limit = self.cfg().max_object_size as usize;
                     let (client_body, collect) = body::tee(body, len, limit, on_complete);
                     let full_key = ctx.key.full.clone();
                     tokio::spawn(async move {
@@ -524,7 +524,7 @@ impl Proxy {
         let store = self.store.clone();
         let uncacheable = self.uncacheable.clone();
         let key = ctx.key.clone();
-        let limit = self.settings.max_object_size as usize;
+        let limit = self.cfg().max_object_size as usize;
         tokio::spawn(async move {
             let _guard = guard;
             let mut collected =
@@ -626,7 +626,7 @@ impl Proxy {
                 entry.lifetime,
                 &entry.directives,
                 &job.ctx.req_dirs,
-                &self.settings.policy,
+                &self.cfg().policy,
             ) == freshness::Reuse::Fresh
             {
                 return self.serve_stored(&job.ctx, &entry, Outcome::Hit { stale: false }, now);
@@ -669,7 +669,7 @@ impl Proxy {
             &outcome,
             Some(ttl),
         );
-        if self.settings.debug_headers {
+        if self.cfg().debug_headers {
             res.extensions_mut()
                 .insert(crate::proxy::VariantInfo(entry.variant.describe()));
         }
@@ -689,9 +689,9 @@ impl Proxy {
         let mut window = freshness::sie_window(
             &stale.directives,
             &job.ctx.req_dirs,
-            self.settings.stale_if_error,
+            self.cfg().stale_if_error,
         );
-        let down = self.origins.all_unhealthy()
+        let down = self.origins().all_unhealthy()
             || matches!(
                 detail,
                 "origin-unhealthy" | "origin-unreachable" | "connect-timeout"
@@ -699,7 +699,7 @@ impl Proxy {
         if down {
             window = window.max(freshness::grace_window(
                 &stale.directives,
-                self.settings.unhealthy_grace,
+                self.cfg().unhealthy_grace,
             ));
         }
         let age = stale.age(SystemTime::now());

@@ -129,7 +129,7 @@ fn main() -> ExitCode {
             listen,
             origin,
         } => {
-            let settings = match load_settings(config, listen, origin) {
+            let settings = match load_settings(config.clone(), listen, origin.clone()) {
                 Ok(s) => s,
                 Err(e) => return config_failure(&e),
             };
@@ -137,6 +137,30 @@ fn main() -> ExitCode {
             let drain = settings.drain_timeout;
             run(async move {
                 let running = lacquer::server::start(settings).await?;
+                // SIGHUP and `POST /reload` re-read the same sources.
+                running.proxy.set_reloader(Box::new(move || {
+                    load_settings(config.clone(), listen, origin.clone())
+                }));
+                #[cfg(unix)]
+                {
+                    let proxy = running.proxy.clone();
+                    tokio::spawn(async move {
+                        use tokio::signal::unix::{signal, SignalKind};
+                        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                            return;
+                        };
+                        while hup.recv().await.is_some() {
+                            match proxy.reload_from_source() {
+                                Ok(report) => {
+                                    tracing::info!(?report, "SIGHUP: configuration reloaded")
+                                }
+                                Err(reason) => {
+                                    tracing::error!(%reason, "SIGHUP: reload rejected, old configuration kept")
+                                }
+                            }
+                        }
+                    });
+                }
                 println!("lacquer: listening on {}", running.addr);
                 tracing::info!(addr = %running.addr, "proxy listening");
                 shutdown_signal().await;

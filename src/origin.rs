@@ -269,6 +269,18 @@ impl Upstream {
 pub struct Origins {
     list: Vec<Arc<Upstream>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Health-check tasks; they stop when these origins are replaced (reload).
+    checks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Origins {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.checks.lock() {
+            for t in tasks.iter() {
+                t.abort();
+            }
+        }
+    }
 }
 
 impl Origins {
@@ -280,6 +292,7 @@ impl Origins {
                 .map(|s| Arc::new(Upstream::new(s)))
                 .collect(),
             metrics,
+            checks: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -353,8 +366,9 @@ impl Origins {
         }))
     }
 
-    /// Starts the active health checks of the origins that have one.
-    pub fn spawn_health_checks(&self) -> Vec<JoinHandle<()>> {
+    /// Starts the active health checks of the origins that have one (they run until
+    /// these `Origins` are dropped).
+    pub fn spawn_health_checks(&self) {
         let mut tasks = Vec::new();
         for upstream in &self.list {
             let Some(check) = upstream.settings.health_check.clone() else {
@@ -383,6 +397,8 @@ impl Origins {
                 }
             }));
         }
-        tasks
+        if let Ok(mut checks) = self.checks.lock() {
+            checks.extend(tasks);
+        }
     }
 }

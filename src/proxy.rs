@@ -47,9 +47,12 @@ pub struct ClientInfo {
 }
 
 pub struct Proxy {
-    pub(crate) settings: Arc<Settings>,
+    /// The configuration, swapped whole on reload (never mutated piecemeal).
+    config: arc_swap::ArcSwap<Settings>,
     pub(crate) store: Arc<Store>,
-    pub(crate) origins: Arc<Origins>,
+    origins: arc_swap::ArcSwap<Origins>,
+    /// Re-reads the configuration for SIGHUP and `POST /reload` (set by the binary).
+    reloader: std::sync::Mutex<Option<Reloader>>,
     /// Fetches in progress, for coalescing.
     pub(crate) flights: Arc<Flights>,
     /// Keys whose responses could not be shared recently (hit-for-miss).
@@ -80,6 +83,17 @@ pub(crate) struct Ctx {
     pub origin_micros: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Produces a freshly validated configuration (the binary re-reads its file).
+pub type Reloader = Box<dyn Fn() -> Result<Settings, crate::config::ConfigError> + Send + Sync>;
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Changed settings that only a restart applies (their old values stay).
+    pub restart_required: Vec<String>,
+    pub origins_changed: bool,
+}
+
 static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The outcome label of a response, for the access log.
@@ -98,7 +112,8 @@ impl Proxy {
     pub fn new(settings: Settings) -> Arc<Proxy> {
         let store = Arc::new(Store::new(settings.max_size, settings.max_variants));
         let metrics = Arc::new(crate::metrics::Metrics::new(store.evictions.clone()));
-        let origins = Arc::new(Origins::new(&settings.origins, metrics.clone()));
+        let origins =
+            arc_swap::ArcSwap::from_pointee(Origins::new(&settings.origins, metrics.clone()));
         let uncacheable = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(
@@ -119,7 +134,8 @@ impl Proxy {
         Arc::new(Proxy {
             metrics,
             purge_results,
-            settings: Arc::new(settings),
+            reloader: std::sync::Mutex::new(None),
+            config: arc_swap::ArcSwap::from_pointee(settings),
             store,
             origins,
             flights: Arc::new(Flights::default()),
@@ -137,8 +153,75 @@ impl Proxy {
     }
 
     /// The origins and their health.
-    pub fn origins(&self) -> &Origins {
-        &self.origins
+    pub fn origins(&self) -> Arc<Origins> {
+        self.origins.load_full()
+    }
+
+    /// Sets how the configuration is re-read on reload.
+    pub fn set_reloader(&self, reloader: Reloader) {
+        if let Ok(mut r) = self.reloader.lock() {
+            *r = Some(reloader);
+        }
+    }
+
+    /// Re-reads the configuration with the reloader and applies it.
+    pub fn reload_from_source(&self) -> Result<ReloadReport, String> {
+        let settings = {
+            let r = self
+                .reloader
+                .lock()
+                .map_err(|_| "reloader unavailable".to_string())?;
+            let reload = r
+                .as_ref()
+                .ok_or_else(|| "no configuration source to reload from".to_string())?;
+            reload().map_err(|e| e.to_string())?
+        };
+        Ok(self.reload(settings))
+    }
+
+    /// Applies a new, validated configuration without dropping connections or the
+    /// cache: routes, keys, Vary rules, tags, tokens, TTL policy and origins change
+    /// at once for new requests. Settings that only a restart can change keep their
+    /// old values and are reported.
+    pub fn reload(&self, mut new: Settings) -> ReloadReport {
+        let old = self.cfg();
+        let mut restart_required = Vec::new();
+        macro_rules! keep {
+            ($field:ident, $name:expr) => {
+                if new.$field != old.$field {
+                    restart_required.push($name.to_string());
+                    new.$field = old.$field.clone();
+                }
+            };
+        }
+        keep!(listen, "server.listen");
+        keep!(header_read_timeout, "server.header_read_timeout");
+        keep!(max_header_bytes, "server.max_header_bytes");
+        keep!(max_size, "cache.max_size");
+        keep!(max_variants, "cache.max_variants");
+        keep!(uncacheable_ttl, "cache.uncacheable_ttl");
+        if new.admin.listen != old.admin.listen {
+            restart_required.push("admin.listen".into());
+            new.admin.listen = old.admin.listen;
+        }
+        if new.admin.request_id_window != old.admin.request_id_window {
+            restart_required.push("admin.request_id_window".into());
+            new.admin.request_id_window = old.admin.request_id_window;
+        }
+        let origins_changed = format!("{:?}", new.origins) != format!("{:?}", old.origins);
+        if origins_changed {
+            let origins = Origins::new(&new.origins, self.metrics.clone());
+            origins.spawn_health_checks();
+            // The old origins (and their health checks) go when the last request
+            // using them is done.
+            self.origins.store(Arc::new(origins));
+        }
+        self.config.store(Arc::new(new));
+        tracing::info!(?restart_required, origins_changed, "configuration reloaded");
+        ReloadReport {
+            restart_required,
+            origins_changed,
+        }
     }
 
     /// The coalescing state (flights in progress, waiters).
@@ -146,8 +229,13 @@ impl Proxy {
         &self.flights
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    /// The configuration in force (a cheap `Arc` clone; a reload swaps it whole).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.config.load_full()
+    }
+
+    pub(crate) fn cfg(&self) -> Arc<Settings> {
+        self.config.load_full()
     }
 
     pub async fn handle(
@@ -155,7 +243,7 @@ impl Proxy {
         req: Request<Incoming>,
         client: ClientInfo,
     ) -> Response<Body> {
-        let s = &self.settings;
+        let s = &self.cfg();
         let started = std::time::Instant::now();
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > s.max_uri_bytes {
@@ -276,7 +364,7 @@ impl Proxy {
                     entry.lifetime,
                     &entry.directives,
                     &ctx.req_dirs,
-                    &self.settings.policy,
+                    &self.cfg().policy,
                 ) {
                     Reuse::Fresh => {
                         self.maybe_refresh_early(ctx, &entry, age);
@@ -292,7 +380,7 @@ impl Proxy {
                                 entry.lifetime,
                                 freshness::swr_window(
                                     &entry.directives,
-                                    self.settings.stale_while_revalidate,
+                                    self.cfg().stale_while_revalidate,
                                 ),
                             ) =>
                     {
@@ -326,7 +414,7 @@ impl Proxy {
         entry: &Arc<StoredResponse>,
         age: std::time::Duration,
     ) {
-        let window = self.settings.early_refresh;
+        let window = self.cfg().early_refresh;
         if window.is_zero() || entry.lifetime <= age {
             return;
         }
@@ -346,7 +434,8 @@ impl Proxy {
                 .and_then(|b| self.origin_request(up, ctx, method.clone(), b))
         };
         let sent = std::time::Instant::now();
-        let res = self.origins.send(build, false).await;
+        let origins = self.origins();
+        let res = origins.send(build, false).await;
         ctx.record_origin_time(sent);
         let res = match res {
             Ok((res, _)) => res,
@@ -402,7 +491,8 @@ impl Proxy {
     /// The key another URL on this proxy would have for this request's headers.
     fn key_for(&self, ctx: &Ctx, host_norm: &str, path_and_query: &str) -> CacheKey {
         let path = path_and_query.split('?').next().unwrap_or("/");
-        let rule = self.settings.key_rules.rule_for(host_norm, path);
+        let cfg = self.cfg();
+        let rule = cfg.key_rules.rule_for(host_norm, path);
         key::primary_key(
             rule,
             ctx.client.scheme,
@@ -454,7 +544,7 @@ impl Proxy {
                 .filter(|h| !h.is_empty())
                 .map(|h| h.as_str()),
         );
-        if let Some(via) = forward::via_value(ctx.version, &self.settings.via) {
+        if let Some(via) = forward::via_value(ctx.version, &self.cfg().via) {
             forward::append_via(&mut headers, &via);
         }
         let mut req = Request::new(body);
@@ -511,7 +601,7 @@ impl Proxy {
         now: SystemTime,
     ) -> Response<Body> {
         let mut res = self.serve_stored_inner(ctx, entry, outcome, now);
-        if self.settings.debug_headers {
+        if self.cfg().debug_headers {
             res.extensions_mut()
                 .insert(VariantInfo(entry.variant.describe()));
         }
@@ -607,24 +697,24 @@ impl Proxy {
         let headers = res.headers_mut();
         let upstream = headers.remove(&CACHE_STATUS);
         if let Some(v) =
-            outcome.cache_status_header(upstream.as_ref(), &self.settings.cache_status_name, ttl)
+            outcome.cache_status_header(upstream.as_ref(), &self.cfg().cache_status_name, ttl)
         {
             headers.insert(CACHE_STATUS.clone(), v);
         }
-        if let Some(via) = forward::via_value(Version::HTTP_11, &self.settings.via) {
+        if let Some(via) = forward::via_value(Version::HTTP_11, &self.cfg().via) {
             forward::append_via(headers, &via);
         }
-        if !self.settings.forward_targeted_fields {
-            for f in &self.settings.policy.targeted_fields {
+        if !self.cfg().forward_targeted_fields {
+            for f in &self.cfg().policy.targeted_fields {
                 headers.remove(f);
             }
         }
-        if self.settings.policy.surrogate_control {
+        if self.cfg().policy.surrogate_control {
             // Surrogate-Control is for surrogates only: never sent downstream.
             headers.remove(&freshness::SURROGATE_CONTROL);
         }
-        if self.settings.tag_rules.strip {
-            for h in &self.settings.tag_rules.headers {
+        if self.cfg().tag_rules.strip {
+            for h in &self.cfg().tag_rules.headers {
                 headers.remove(h);
             }
         }

@@ -72,8 +72,8 @@ pub async fn start(settings: Settings) -> io::Result<Running> {
     let listener = TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     let proxy = Proxy::new(settings);
-    let mut health_checks = proxy.origins().spawn_health_checks();
-    health_checks.push(tokio::spawn(sweeper(proxy.clone())));
+    proxy.origins().spawn_health_checks();
+    let mut health_checks = vec![tokio::spawn(sweeper(proxy.clone()))];
     let admin_addr = match proxy.settings().admin.listen {
         Some(addr) => {
             let admin = TcpListener::bind(addr).await?;
@@ -119,7 +119,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     open: mpsc::Sender<()>,
 ) {
-    let builder = Arc::new(connection_builder(proxy.settings()));
+    let builder = Arc::new(connection_builder(&proxy.settings()));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -191,3 +191,142 @@ fn access_log_lines_and_sigterm() {
     );
     assert!(f["request_id"].is_number());
 }
+
+async fn one_connection(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    path: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(path)
+        .header("host", "reload.test")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let res = sender
+        .send_request(req)
+        .await
+        .expect("the same connection still works");
+    let cs = res
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let status = res.status().as_u16();
+    res.into_body().collect().await.unwrap();
+    (status, cs)
+}
+
+#[tokio::test]
+async fn reload_changes_a_ttl_rule_while_a_connection_stays_open_and_the_cache_stays() {
+    let lm = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10_000));
+    let origin = Origin::start(move |_| Reply::ok("h").header("last-modified", &lm)).await;
+    let proxy = Proxy::start(&origin).await;
+    let mut conn = one_connection(proxy.addr).await;
+    let (_, cs) = get_on(&mut conn, "/a").await;
+    assert!(
+        cs.contains("ttl=1000") || cs.contains("ttl=999"),
+        "heuristic: 10% of 10,000 s: {cs}"
+    );
+
+    let mut file = proxy.running.proxy.settings().file.clone();
+    file.cache.heuristic_max = Duration::from_secs(10);
+    file.server.listen = "127.0.0.1:1".parse().unwrap();
+    let report = proxy
+        .running
+        .proxy
+        .reload(lacquer::config::Settings::from_file(file).unwrap());
+    assert_eq!(report.restart_required, vec!["server.listen".to_string()]);
+
+    let (_, cs) = get_on(&mut conn, "/b").await;
+    assert!(
+        cs.contains("ttl=10") || cs.contains("ttl=9"),
+        "the new cap applies: {cs}"
+    );
+    let (_, cs) = get_on(&mut conn, "/a").await;
+    assert!(cs.contains("hit"), "the cache survived the reload: {cs}");
+    assert_ne!(
+        proxy.running.proxy.settings().listen.port(),
+        1,
+        "the listen address needs a restart: kept"
+    );
+}
+
+#[tokio::test]
+async fn reload_through_the_admin_api_rejects_a_bad_config_and_keeps_the_old_one() {
+    let origin = Origin::start(|_| Reply::ok("r").header("cache-control", "max-age=60")).await;
+    let secret = "reload-secret-0123456789";
+    let proxy = Proxy::start_with(&origin, |c| {
+        common::add_token(
+            c,
+            "ops",
+            secret,
+            &[lacquer::config::Operation::Reload],
+            &[],
+            &[],
+        );
+        common::add_token(
+            c,
+            "ci",
+            "ci-secret-0123456789",
+            &[lacquer::config::Operation::Tag],
+            &[],
+            &[],
+        );
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("lacquer-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    let base = proxy.running.proxy.settings().file.clone();
+    let p = path.clone();
+    proxy.running.proxy.set_reloader(Box::new(move || {
+        lacquer::config::ConfigFile::load(&p).and_then(lacquer::config::Settings::from_file)
+    }));
+    let reload = |token: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let req = http::Request::post(proxy.url("/.lacquer/reload"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(http_body_util::Full::default())
+                .unwrap();
+            proxy.send(req).await
+        }
+    };
+    // A broken file: 400 naming the key; nothing changes.
+    std::fs::write(&path, "[cache]\nheuristic_fraction = \"lots\"\n").unwrap();
+    let res = reload(secret).await;
+    assert_eq!(res.status, 400);
+    assert!(
+        res.text().contains("cache.heuristic_fraction"),
+        "{}",
+        res.text()
+    );
+    assert_eq!(
+        proxy.running.proxy.settings().policy.heuristic_fraction,
+        0.1
+    );
+    // A token without the reload operation: 403.
+    assert_eq!(reload("ci-secret-0123456789").await.status, 403);
+    // A good file: applied.
+    let mut good = base.clone();
+    good.cache.heuristic_fraction = 0.5;
+    std::fs::write(&path, good.to_toml()).unwrap();
+    let res = reload(secret).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        proxy.running.proxy.settings().policy.heuristic_fraction,
+        0.5
+    );
+}
