@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -61,6 +62,15 @@ impl Default for TagsSection {
             max_per_object: 128,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
 }
 
 /// Log line format.
@@ -313,6 +323,8 @@ pub struct ServerSection {
     pub strip_request_headers: Vec<String>,
     /// Add `X-Lacquer-Key` and `X-Lacquer-Variant` to responses (for debugging keys).
     pub debug_headers: bool,
+    /// Terminate TLS on the listener (HTTPS only, ALPN h2 and http/1.1).
+    pub tls: Option<TlsSection>,
     /// On SIGTERM/SIGINT: stop accepting, then let requests in flight finish for up
     /// to this long before exiting.
     #[serde(with = "humantime_serde")]
@@ -348,6 +360,7 @@ impl Default for ServerSection {
                 .collect(),
             debug_headers: false,
             drain_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -446,6 +459,9 @@ pub struct OriginSection {
     pub max_connections: usize,
     /// Active health check (absent: the origin is always considered healthy).
     pub health_check: Option<HealthCheckSection>,
+    /// For an `https://` origin: an extra CA certificate (PEM) to trust besides the
+    /// public roots (an internal CA, a self-signed origin).
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -499,6 +515,7 @@ impl Default for OriginSection {
             preserve_host: true,
             max_connections: 0,
             health_check: None,
+            ca: None,
         }
     }
 }
@@ -566,6 +583,8 @@ pub struct OriginSettings {
     pub preserve_host: bool,
     pub max_connections: usize,
     pub health_check: Option<HealthCheck>,
+    /// TLS client configuration (used by https origins only).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// The validated configuration the proxy runs with.
@@ -596,6 +615,8 @@ pub struct Settings {
     pub debug_headers: bool,
     pub drain_timeout: Duration,
     pub access_log: bool,
+    /// TLS termination on the listener.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What was validated, for display.
     pub file: ConfigFile,
 }
@@ -1038,12 +1059,16 @@ impl Settings {
                 .scheme()
                 .cloned()
                 .ok_or_else(|| err(key("url"), "needs a scheme, e.g. http://host:port"))?;
-            if scheme != Scheme::HTTP {
+            if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
                 return Err(err(
                     key("url"),
-                    format!("scheme `{scheme}` is not supported yet (http only)"),
+                    format!("scheme `{scheme}` is not supported (http or https)"),
                 ));
             }
+            if scheme == Scheme::HTTP && o.ca.is_some() {
+                return Err(err(key("ca"), "only meaningful for an https:// origin"));
+            }
+            let tls = crate::tls::client_config(o.ca.as_deref()).map_err(|e| err(key("ca"), e))?;
             let authority = uri
                 .authority()
                 .cloned()
@@ -1109,6 +1134,7 @@ impl Settings {
                 preserve_host: o.preserve_host,
                 max_connections: o.max_connections,
                 health_check,
+                tls,
             });
         }
 
@@ -1148,6 +1174,13 @@ impl Settings {
             debug_headers: s.debug_headers,
             drain_timeout: s.drain_timeout,
             access_log: file.log.access,
+            tls: match &s.tls {
+                None => None,
+                Some(t) => Some(
+                    crate::tls::server_config(&t.cert, &t.key)
+                        .map_err(|(k, e)| err(format!("server.tls.{k}"), e))?,
+                ),
+            },
             file,
         })
     }

@@ -23,4 +23,5 @@ pub mod purge;
 pub mod server;
 pub mod store;
 pub mod tags;
+pub mod tls;
 pub mod vary;

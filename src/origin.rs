@@ -126,7 +126,7 @@ impl HttpBody for OriginBody {
 /// A client bound to one origin.
 pub struct Upstream {
     pub settings: OriginSettings,
-    client: Client<HttpConnector, Body>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
     healthy: AtomicBool,
     health: watch::Sender<bool>,
     permits: Option<Arc<Semaphore>>,
@@ -134,9 +134,18 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(settings: OriginSettings) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        // https origins use their TLS config (webpki roots + optional CA); plain http
+        // origins never start a handshake.
+        let tls = (*settings.tls).clone();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())

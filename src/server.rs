@@ -120,6 +120,11 @@ async fn accept_loop(
     open: mpsc::Sender<()>,
 ) {
     let builder = Arc::new(connection_builder(&proxy.settings()));
+    let tls = proxy
+        .settings()
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -138,52 +143,85 @@ async fn accept_loop(
         let proxy = proxy.clone();
         let builder = builder.clone();
         let open = open.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _open = open; // dropped when this connection ends
-            let client = ClientInfo {
-                addr: peer,
-                scheme: "http",
-            };
             let header_read_timeout = proxy.settings().header_read_timeout;
-            let first_request = Arc::new(Notify::new());
-            let started = first_request.clone();
-            let service = service_fn(move |req| {
-                started.notify_one();
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            // hyper's header read timeout starts only once the protocol is known,
-            // and telling HTTP/1 from HTTP/2 waits for the client's first bytes:
-            // a client that sends nothing (or part of the HTTP/2 preface) would
-            // hold the connection forever. The first request must start in time.
-            let ended = tokio::select! {
-                result = conn.as_mut() => Some(result),
-                () = first_request.notified() => None,
-                () = tokio::time::sleep(header_read_timeout) => {
-                    debug!(%peer, "no request within the header read timeout: closing");
-                    return;
-                }
-            };
-            let result = match ended {
-                Some(result) => result,
-                None => {
-                    tokio::select! {
-                        result = conn.as_mut() => result,
-                        () = stopped(&mut stop) => {
-                            // Finish the request in flight, then close.
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
+            match tls {
+                None => serve(TokioIo::new(stream), peer, "http", proxy, &builder, stop).await,
+                Some(acceptor) => {
+                    // The handshake counts against the header read timeout too.
+                    match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve(
+                                TokioIo::new(tls_stream),
+                                peer,
+                                "https",
+                                proxy,
+                                &builder,
+                                stop,
+                            )
+                            .await
                         }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-            };
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends or a stop drains it.
+async fn serve<IO>(
+    io: TokioIo<IO>,
+    peer: SocketAddr,
+    scheme: &'static str,
+    proxy: Arc<Proxy>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client = ClientInfo { addr: peer, scheme };
+    let header_read_timeout = proxy.settings().header_read_timeout;
+    let first_request = Arc::new(Notify::new());
+    let started = first_request.clone();
+    let service = service_fn(move |req| {
+        started.notify_one();
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    // hyper's header read timeout starts only once the protocol is known,
+    // and telling HTTP/1 from HTTP/2 waits for the client's first bytes:
+    // a client that sends nothing (or part of the HTTP/2 preface) would
+    // hold the connection forever. The first request must start in time.
+    let ended = tokio::select! {
+        result = conn.as_mut() => Some(result),
+        () = first_request.notified() => None,
+        () = tokio::time::sleep(header_read_timeout) => {
+            debug!(%peer, "no request within the header read timeout: closing");
+            return;
+        }
+    };
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = stopped(&mut stop) => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
