@@ -14,7 +14,9 @@ COPY --from=build /src/target/release/lacquer /usr/local/bin/lacquer
 COPY proxy.toml /etc/lacquer/proxy.toml
 USER lacquer
 EXPOSE 8080
-# The proxy answers every request; a TCP connect is the cheapest liveness probe here.
-HEALTHCHECK --interval=10s --timeout=3s CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080"]
+STOPSIGNAL SIGTERM
+# Readiness: the admin health endpoint answers 200 while an origin is healthy.
+# (No curl in the image: bash's /dev/tcp speaks the one HTTP request needed.)
+HEALTHCHECK --interval=10s --timeout=3s CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /.lacquer/healthz HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["/usr/local/bin/lacquer"]
 CMD ["serve", "--config", "/etc/lacquer/proxy.toml"]
