@@ -325,6 +325,8 @@ pub struct ServerSection {
     pub debug_headers: bool,
     /// Terminate TLS on the listener (HTTPS only, ALPN h2 and http/1.1).
     pub tls: Option<TlsSection>,
+    /// Worker threads of the runtime (0: one per CPU core).
+    pub threads: usize,
     /// On SIGTERM/SIGINT: stop accepting, then let requests in flight finish for up
     /// to this long before exiting.
     #[serde(with = "humantime_serde")]
@@ -361,6 +363,7 @@ impl Default for ServerSection {
             debug_headers: false,
             drain_timeout: Duration::from_secs(30),
             tls: None,
+            threads: 0,
         }
     }
 }
@@ -595,6 +598,8 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub via: String,
+    /// `1.1 <via>`: the `Via` entry added to every response (rendered once).
+    pub via_response: http::HeaderValue,
     pub cache_status_name: String,
     pub origins: Vec<OriginSettings>,
     pub policy: Policy,
@@ -1144,6 +1149,8 @@ impl Settings {
             max_header_bytes: max_header_bytes as usize,
             max_uri_bytes: max_uri_bytes as usize,
             via: s.via.clone(),
+            via_response: http::HeaderValue::from_str(&format!("1.1 {}", s.via))
+                .map_err(|_| err("server.via", "not a valid header value"))?,
             cache_status_name: s.cache_status_name.clone(),
             origins,
             policy: Policy {

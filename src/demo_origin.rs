@@ -260,3 +260,47 @@ async fn answer(req: Request<Incoming>, stats: &Mutex<Stats>) -> Response<Body> 
     }
     res
 }
+
+/// A fixed-response server: every request gets the same preallocated body (`size`
+/// bytes) and `Cache-Control`. It is the fast origin of the load benchmark, and the
+/// ceiling a hyper-based proxy can reach (a hyper server returning bytes from memory).
+pub async fn start_fixed(
+    listen: SocketAddr,
+    size: usize,
+    cache_control: &str,
+) -> io::Result<DemoOrigin> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let body = Bytes::from(
+        (0..size)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let cc = HeaderValue::from_str(cache_control)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (body, cc) = (body.clone(), cc.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let mut res = Response::new(http_body_util::Full::new(body.clone()));
+                    res.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    res.headers_mut()
+                        .insert(http::header::CACHE_CONTROL, cc.clone());
+                    async move { Ok::<_, Infallible>(res) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(DemoOrigin { addr, stats, task })
+}

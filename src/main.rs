@@ -39,6 +39,13 @@ enum Command {
     Origin {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+        /// Answer every request with the same preallocated body of this many bytes
+        /// (the load benchmark's fast origin and hyper ceiling).
+        #[arg(long)]
+        fixed_size: Option<usize>,
+        /// Cache-Control of the fixed responses.
+        #[arg(long, default_value = "max-age=3600")]
+        fixed_cache_control: String,
     },
     /// Purge through the admin API (for pipelines): exit 0 done, 1 refused, 2 usage,
     /// 3 unreachable.
@@ -135,7 +142,8 @@ fn main() -> ExitCode {
             };
             init_logging(settings.file.log.format, &settings.file.log.level);
             let drain = settings.drain_timeout;
-            run(async move {
+            let threads = settings.file.server.threads;
+            run_with(threads, async move {
                 let running = lacquer::server::start(settings).await?;
                 // SIGHUP and `POST /reload` re-read the same sources.
                 running.proxy.set_reloader(Box::new(move || {
@@ -170,10 +178,20 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Origin { listen } => {
+        Command::Origin {
+            listen,
+            fixed_size,
+            fixed_cache_control,
+        } => {
             init_logging(lacquer::config::LogFormat::Text, "info");
             run(async move {
-                let origin = lacquer::demo_origin::start(listen).await?;
+                let origin = match fixed_size {
+                    Some(size) => {
+                        lacquer::demo_origin::start_fixed(listen, size, &fixed_cache_control)
+                            .await?
+                    }
+                    None => lacquer::demo_origin::start(listen).await?,
+                };
                 println!("lacquer origin: listening on {}", origin.addr);
                 shutdown_signal().await;
                 drop(origin);
@@ -192,7 +210,15 @@ fn run_cli(fut: impl std::future::Future<Output = lacquer::cli::Exit>) -> ExitCo
 }
 
 fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {
-    match block_on(fut) {
+    run_with(0, fut)
+}
+
+/// Runs `fut` on a multi-thread runtime with `threads` workers (0: one per core).
+fn run_with(
+    threads: usize,
+    fut: impl std::future::Future<Output = std::io::Result<()>>,
+) -> ExitCode {
+    match block_on_with(threads, fut) {
         Some(Ok(())) => ExitCode::SUCCESS,
         Some(Err(e)) => {
             eprintln!("lacquer: {e}");
@@ -204,10 +230,15 @@ fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode 
 
 /// Runs `fut` on a new runtime; `None` (after a message) if the runtime cannot start.
 fn block_on<F: std::future::Future>(fut: F) -> Option<F::Output> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    block_on_with(0, fut)
+}
+
+fn block_on_with<F: std::future::Future>(threads: usize, fut: F) -> Option<F::Output> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    match builder.enable_all().build() {
         Ok(runtime) => Some(runtime.block_on(fut)),
         Err(e) => {
             eprintln!("lacquer: cannot start the runtime: {e}");

@@ -693,28 +693,28 @@ impl Proxy {
         ttl: Option<i64>,
     ) -> Response<Body> {
         self.metrics.request(outcome.label());
-        res.extensions_mut().insert(OutcomeLabel(outcome.label()));
+        let cfg = self.cfg();
+        if cfg.access_log {
+            res.extensions_mut().insert(OutcomeLabel(outcome.label()));
+        }
         let headers = res.headers_mut();
         let upstream = headers.remove(&CACHE_STATUS);
-        if let Some(v) =
-            outcome.cache_status_header(upstream.as_ref(), &self.cfg().cache_status_name, ttl)
+        if let Some(v) = outcome.cache_status_header(upstream.as_ref(), &cfg.cache_status_name, ttl)
         {
             headers.insert(CACHE_STATUS.clone(), v);
         }
-        if let Some(via) = forward::via_value(Version::HTTP_11, &self.cfg().via) {
-            forward::append_via(headers, &via);
-        }
-        if !self.cfg().forward_targeted_fields {
-            for f in &self.cfg().policy.targeted_fields {
+        forward::append_via(headers, &cfg.via_response);
+        if !cfg.forward_targeted_fields {
+            for f in &cfg.policy.targeted_fields {
                 headers.remove(f);
             }
         }
-        if self.cfg().policy.surrogate_control {
+        if cfg.policy.surrogate_control {
             // Surrogate-Control is for surrogates only: never sent downstream.
             headers.remove(&freshness::SURROGATE_CONTROL);
         }
-        if self.cfg().tag_rules.strip {
-            for h in &self.cfg().tag_rules.headers {
+        if cfg.tag_rules.strip {
+            for h in &cfg.tag_rules.headers {
                 headers.remove(h);
             }
         }
