@@ -88,6 +88,54 @@ impl<B: HttpBody> HttpBody for WithLength<B> {
     }
 }
 
+/// Collects a body for the store, up to a limit: past it, collection stops (the
+/// body still streams on; it just will not be stored).
+pub struct Collector {
+    buf: BytesMut,
+    limit: usize,
+    too_large: bool,
+}
+
+impl Collector {
+    pub fn new(len: Option<u64>, limit: usize) -> Collector {
+        let capacity = len.map_or(0, |n| n.min(limit as u64) as usize);
+        Collector {
+            buf: BytesMut::with_capacity(capacity),
+            limit,
+            too_large: false,
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        if self.too_large {
+            return;
+        }
+        if self.buf.len() + data.len() > self.limit {
+            self.too_large = true;
+            self.buf = BytesMut::new();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    pub fn too_large(&self) -> bool {
+        self.too_large
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Takes what was collected, leaving the collector empty.
+    pub fn take(&mut self) -> Bytes {
+        std::mem::take(&mut self.buf).freeze()
+    }
+}
+
 /// Why a tee did not produce a complete body.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TeeEnd {
@@ -123,26 +171,17 @@ where
         let mut body = body;
         let mut tx = Some(tx);
         let mut on_complete = Some(on_complete);
-        let mut collected =
-            BytesMut::with_capacity(len.map_or(0, |n| n.min(limit as u64) as usize));
-        let mut too_large = false;
+        let mut collected = Collector::new(len, limit);
         loop {
             match body.frame().await {
                 None => break,
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        if !too_large {
-                            if collected.len() + data.len() > limit {
-                                too_large = true;
-                                collected = BytesMut::new();
-                            } else {
-                                collected.extend_from_slice(data);
-                                if Some(collected.len() as u64) == len {
-                                    // Declared length reached: complete.
-                                    if let Some(f) = on_complete.take() {
-                                        f(std::mem::take(&mut collected).freeze());
-                                    }
-                                }
+                        collected.push(data);
+                        if !collected.too_large() && Some(collected.len() as u64) == len {
+                            // Declared length reached: complete.
+                            if let Some(f) = on_complete.take() {
+                                f(collected.take());
                             }
                         }
                     }
@@ -151,7 +190,7 @@ where
                             tx = None; // client gone: keep collecting for the store
                         }
                     }
-                    if too_large && tx.is_none() {
+                    if collected.too_large() && tx.is_none() {
                         return Err(TeeEnd::TooLarge);
                     }
                 }
@@ -167,20 +206,20 @@ where
                 }
             }
         }
-        if too_large {
+        if collected.too_large() {
             return Err(TeeEnd::TooLarge);
         }
         match (on_complete.take(), len) {
             (None, _) => Ok(()),
             // An empty body with `Content-Length: 0` never produced a data frame.
             (Some(f), Some(n)) if collected.len() as u64 == n => {
-                f(collected.freeze());
+                f(collected.take());
                 Ok(())
             }
             // Ended before the declared length.
             (Some(_), Some(_)) => Err(TeeEnd::Incomplete),
             (Some(f), None) => {
-                f(collected.freeze());
+                f(collected.take());
                 drop(tx); // only now does the client see the end of the body
                 Ok(())
             }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{
     HeaderMap, AGE, CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
     LAST_MODIFIED, RANGE,
@@ -527,22 +527,13 @@ impl Proxy {
         let limit = self.cfg().max_object_size as usize;
         tokio::spawn(async move {
             let _guard = guard;
-            let mut collected =
-                BytesMut::with_capacity(len.map_or(0, |n| n.min(limit as u64) as usize));
-            let mut too_large = false;
+            let mut collected = crate::body::Collector::new(len, limit);
             loop {
                 match body.frame().await {
                     None => break,
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
-                            if !too_large {
-                                if collected.len() + data.len() > limit {
-                                    too_large = true;
-                                    collected = BytesMut::new();
-                                } else {
-                                    collected.extend_from_slice(&data);
-                                }
-                            }
+                            collected.push(&data);
                             shared.push(data);
                         }
                     }
@@ -554,11 +545,11 @@ impl Proxy {
                 }
             }
             let complete = len.is_none_or(|n| n == collected.len() as u64);
-            if too_large {
+            if collected.too_large() {
                 // Next time, skip the queue: this object does not fit the store.
                 uncacheable.insert(key.digest, ());
             } else if complete {
-                entry.body = collected.freeze();
+                entry.body = collected.take();
                 store.insert(&key, entry);
             }
             shared.finish(complete);

@@ -19,12 +19,13 @@ CONNS=${CONNS:-64}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 WORK=$(mktemp -d /tmp/lacquer-load.XXXXXX)
+chmod 755 "$WORK" # nginx's worker runs unprivileged
 OUT=benches/load/results.md
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need nginx || ! need varnishd; then
+if ! need wrk || ! need nginx || ! need varnishd || ! need curl; then
   apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nginx-light varnish
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nginx-light varnish curl
 fi
 # The distribution's own services are not used.
 systemctl stop nginx varnish >/dev/null 2>&1 || true
@@ -67,7 +68,9 @@ level = "warn"
 url = "http://127.0.0.1:$ORIGIN"
 EOF
   taskset -c "$SERVER_CPU" "$BIN" serve --config "$WORK/lacquer.toml" >/dev/null 2>&1 & PIDS+=($!)
-  mkdir -p "$WORK/nginx-cache"
+  # nginx's cache on tmpfs, writable by its unprivileged worker.
+  NGINX_CACHE=$(mktemp -d /dev/shm/lacquer-nginx.XXXXXX)
+  chmod 777 "$NGINX_CACHE"
   cat > "$WORK/nginx.conf" <<EOF
 worker_processes 1;
 pid $WORK/nginx.pid;
@@ -78,7 +81,7 @@ http {
   tcp_nopush off;
   tcp_nodelay on;
   keepalive_requests 1000000;
-  proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=bench:64m max_size=1g inactive=1h use_temp_path=off;
+  proxy_cache_path $NGINX_CACHE levels=1:2 keys_zone=bench:64m max_size=1g inactive=1h use_temp_path=off;
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 32; }
   server {
     listen 127.0.0.1:$NGINX;
@@ -88,6 +91,7 @@ http {
       proxy_set_header Connection "";
       proxy_cache bench;
       proxy_cache_lock on;
+      add_header X-Cache \$upstream_cache_status;
     }
   }
 }
@@ -96,10 +100,12 @@ EOF
   taskset -c "$SERVER_CPU" varnishd -n "$WORK/varnish" -a 127.0.0.1:$VARNISH -b 127.0.0.1:$ORIGIN \
     -s malloc,1g -p thread_pools=1 >/dev/null
   for p in $ORIGIN $CEILING $LACQUER $NGINX $VARNISH; do wait_port $p; done
-  # Warm every cache with the object.
-  for p in $LACQUER $NGINX $VARNISH; do
-    (exec 3<>"/dev/tcp/127.0.0.1/$p"; printf 'GET /obj HTTP/1.0\r\nHost: bench\r\n\r\n' >&3; cat <&3 >/dev/null)
-  done
+  # Warm every cache with the object, then check that each really serves hits
+  # (a benchmark of errors or misses would be worthless).
+  for p in $LACQUER $NGINX $VARNISH; do curl -sf -o /dev/null "http://127.0.0.1:$p/obj"; done
+  curl -sfi "http://127.0.0.1:$LACQUER/obj" | grep -qi '^cache-status: lacquer; hit' || { echo "lacquer: no hit" >&2; exit 1; }
+  curl -sfi "http://127.0.0.1:$NGINX/obj" | grep -qi '^x-cache: HIT' || { echo "nginx: no hit" >&2; exit 1; }
+  curl -sfi "http://127.0.0.1:$VARNISH/obj" | grep -qiE '^x-varnish: [0-9]+ [0-9]+' || { echo "varnish: no hit" >&2; exit 1; }
 }
 
 stop_all() {
@@ -107,6 +113,7 @@ stop_all() {
   PIDS=()
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   pkill -f "varnishd -n $WORK" 2>/dev/null || true
+  rm -rf "${NGINX_CACHE:-/nonexistent}"
   sleep 1
 }
 
@@ -116,9 +123,10 @@ measure() { # port
     awk '
       function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v+0 }
       /Requests\/sec/ { rps=$2 }
+      /Non-2xx|Socket errors/ { print "wrk reported errors: " $0 > "/dev/stderr"; bad=1 }
       $1=="50%" { p50=us($2) }
       $1=="99%" { p99=us($2) }
-      END { printf "%d %d %d\n", rps, p50, p99 }'
+      END { if (bad) rps=0; printf "%d %d %d\n", rps, p50, p99 }'
 }
 
 median() { sort -n | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
