@@ -169,6 +169,16 @@ impl KeyRules {
 /// Normalizes a host: lowercase, trailing dot removed, default port removed.
 pub fn normalize_host(host: &str, scheme: &str) -> String {
     let host = host.trim();
+    // Fast path (the common case): already lowercase, no trailing dot, no default port.
+    let default_suffix = if scheme == "https" { ":443" } else { ":80" };
+    if !host.bytes().any(|b| b.is_ascii_uppercase())
+        && !host.ends_with('.')
+        && !host.contains(".:")
+        && !host.ends_with(default_suffix)
+        && !host.ends_with(':')
+    {
+        return host.to_string();
+    }
     let (name, port) = match host.rfind(':') {
         // An IPv6 literal without port ends with ']'.
         Some(i) if !host.ends_with(']') => (&host[..i], Some(&host[i + 1..])),

@@ -280,9 +280,16 @@ impl Proxy {
         }
 
         let (mut parts, body) = req.into_parts();
-        // Poisoning vectors go before anything (key, origin) can see them.
-        for name in &s.strip_request_headers {
-            parts.headers.remove(name);
+        // Poisoning vectors go before anything (key, origin) can see them. A request
+        // has few headers: look for the listed names among them (no hashing per name).
+        if parts
+            .headers
+            .keys()
+            .any(|k| s.strip_request_headers.contains(k))
+        {
+            for name in &s.strip_request_headers {
+                parts.headers.remove(name);
+            }
         }
         let host = parts
             .uri
@@ -655,7 +662,14 @@ impl Proxy {
                 (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
             }
         };
-        if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
+        // A stored Content-Length is the stored body's (only complete responses are
+        // stored); a partial or synthesized answer gets its own.
+        let full_with_length =
+            payload.len() == entry.body.len() && headers.contains_key(CONTENT_LENGTH);
+        if status != StatusCode::NO_CONTENT
+            && status != StatusCode::NOT_MODIFIED
+            && !full_with_length
+        {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(payload.len()));
         }
         let body = if head {
