@@ -97,15 +97,23 @@ http {
 }
 EOF
   taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log"
-  taskset -c "$SERVER_CPU" varnishd -n "$WORK/varnish" -a 127.0.0.1:$VARNISH -b 127.0.0.1:$ORIGIN \
+  taskset -c "$SERVER_CPU" varnishd -n "$WORK/varnish-$size" -a 127.0.0.1:$VARNISH -b 127.0.0.1:$ORIGIN \
     -s malloc,1g -p thread_pools=1 >/dev/null
   for p in $ORIGIN $CEILING $LACQUER $NGINX $VARNISH; do wait_port $p; done
   # Warm every cache with the object, then check that each really serves hits
   # (a benchmark of errors or misses would be worthless).
-  for p in $LACQUER $NGINX $VARNISH; do curl -sf -o /dev/null "http://127.0.0.1:$p/obj"; done
-  curl -sfi "http://127.0.0.1:$LACQUER/obj" | grep -qi '^cache-status: lacquer; hit' || { echo "lacquer: no hit" >&2; exit 1; }
-  curl -sfi "http://127.0.0.1:$NGINX/obj" | grep -qi '^x-cache: HIT' || { echo "nginx: no hit" >&2; exit 1; }
-  curl -sfi "http://127.0.0.1:$VARNISH/obj" | grep -qiE '^x-varnish: [0-9]+ [0-9]+' || { echo "varnish: no hit" >&2; exit 1; }
+  expect_hit $LACQUER '^cache-status: lacquer; hit' lacquer
+  expect_hit $NGINX '^x-cache: HIT' nginx
+  expect_hit $VARNISH '^x-varnish: [0-9]+ [0-9]+' varnish
+}
+
+expect_hit() { # port header-regex name: a few tries while the cache warms up
+  for _ in $(seq 1 20); do
+    curl -sfi "http://127.0.0.1:$1/obj" | grep -qiE "$2" && return 0
+    sleep 0.1
+  done
+  echo "$3: no cache hit after warm-up" >&2
+  exit 1
 }
 
 stop_all() {
@@ -113,6 +121,7 @@ stop_all() {
   PIDS=()
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   pkill -f "varnishd -n $WORK" 2>/dev/null || true
+  for _ in $(seq 1 50); do pgrep -f "varnishd -n $WORK" >/dev/null || break; sleep 0.1; done
   rm -rf "${NGINX_CACHE:-/nonexistent}"
   sleep 1
 }
