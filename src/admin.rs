@@ -330,17 +330,9 @@ impl Proxy {
         let uri: Uri = url.parse().ok()?;
         let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
         let host = key::normalize_host(uri.authority()?.as_str(), scheme);
-        let cfg = self.cfg();
-        let rule = cfg.key_rules.rule_for(&host, uri.path());
-        let mut headers = http::HeaderMap::new();
-        rule.vary.normalize_request(&mut headers);
-        Some(key::primary_key(
-            rule,
-            scheme,
-            &host,
-            uri.path_and_query().map_or("/", |p| p.as_str()),
-            &headers,
-        ))
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        // No request: no keyed header or cookie values.
+        Some(self.key_for(scheme, &host, pq, &http::HeaderMap::new()))
     }
 
     fn refresh_gauges(&self) {

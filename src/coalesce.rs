@@ -38,6 +38,9 @@ pub enum Shared {
     Failed {
         status: StatusCode,
         detail: &'static str,
+        /// The origin is down (unhealthy, refused, connect timeout), not merely
+        /// answering with an error: the unhealthy grace applies.
+        down: bool,
     },
 }
 
@@ -179,6 +182,7 @@ impl Drop for FlightGuard {
             self.flight.tx.send_replace(Some(Shared::Failed {
                 status: StatusCode::BAD_GATEWAY,
                 detail: "fetch-aborted",
+                down: false,
             }));
         }
         self.flights.remove(self.digest, &self.flight);

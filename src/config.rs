@@ -443,7 +443,7 @@ impl Default for CacheSection {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginSection {
     /// A name for logs.
@@ -467,7 +467,7 @@ pub struct OriginSection {
     pub ca: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckSection {
     /// Path probed with GET (below the origin URL's own path).

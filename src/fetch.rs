@@ -43,6 +43,7 @@ enum Exchange {
     Failed {
         status: StatusCode,
         detail: &'static str,
+        down: bool,
         response: Option<Response<Body>>,
     },
     /// 304 to our validation: the stale entry with refreshed headers.
@@ -100,9 +101,18 @@ impl Proxy {
         if job.stale.is_none() && ctx.headers.contains_key(RANGE) {
             return self.range_pass(ctx).await;
         }
-        if self.uncacheable.contains_key(&ctx.key.digest) {
-            return self.direct(job).await;
-        }
+        let res = if self.uncacheable.contains_key(&ctx.key.digest) {
+            self.direct(&job).await
+        } else {
+            self.coalesced(&job).await
+        };
+        // The origin time measured on the job's (or its flight's) copy of the context.
+        ctx.origin_micros.set(job.ctx.origin_micros.get());
+        res
+    }
+
+    async fn coalesced(self: &Arc<Self>, job: &Job) -> Response<Body> {
+        let ctx = &job.ctx;
         match self.flights.join(ctx.key.digest) {
             Join::Leader(guard) => {
                 let this = self.clone();
@@ -110,24 +120,30 @@ impl Proxy {
                 // The fetch runs in its own task: it goes on if this client leaves.
                 let task = tokio::spawn(async move {
                     let exchange = this.exchange(&flight).await;
-                    this.settle(&flight, exchange, Some(guard))
+                    let own = this.settle(&flight, exchange, Some(guard));
+                    (own, flight.ctx.origin_micros.get())
                 });
                 match task.await {
-                    Ok(Own::Response(res)) => res,
-                    Ok(Own::Shared(shared)) => self.answer_shared(&job, shared, false).await,
+                    Ok((own, origin_micros)) => {
+                        ctx.origin_micros.set(origin_micros);
+                        match own {
+                            Own::Response(res) => res,
+                            Own::Shared(shared) => self.answer_shared(job, shared, false).await,
+                        }
+                    }
                     Err(e) => {
                         warn!(error = %e, "fetch task failed");
-                        self.error_response(&job, StatusCode::BAD_GATEWAY, "fetch-failed")
+                        self.error_response(job, StatusCode::BAD_GATEWAY, "fetch-failed")
                     }
                 }
             }
             Join::Waiter(mut waiter) => {
                 self.metrics.coalesced_waiters.inc();
                 match tokio::time::timeout(self.cfg().coalesce_wait, waiter.result()).await {
-                    Ok(Some(shared)) => self.answer_shared(&job, shared, true).await,
-                    Ok(None) => self.error_response(&job, StatusCode::BAD_GATEWAY, "fetch-failed"),
+                    Ok(Some(shared)) => self.answer_shared(job, shared, true).await,
+                    Ok(None) => self.error_response(job, StatusCode::BAD_GATEWAY, "fetch-failed"),
                     Err(_) => {
-                        self.error_response(&job, StatusCode::GATEWAY_TIMEOUT, "coalesce-timeout")
+                        self.error_response(job, StatusCode::GATEWAY_TIMEOUT, "coalesce-timeout")
                     }
                 }
             }
@@ -155,11 +171,11 @@ impl Proxy {
     }
 
     /// A fetch nobody else shares (hit-for-miss, Vary mismatch after a flight).
-    async fn direct(self: &Arc<Self>, job: Job) -> Response<Body> {
-        let exchange = self.exchange(&job).await;
-        match self.settle(&job, exchange, None) {
+    async fn direct(self: &Arc<Self>, job: &Job) -> Response<Body> {
+        let exchange = self.exchange(job).await;
+        match self.settle(job, exchange, None) {
             Own::Response(res) => res,
-            Own::Shared(shared) => Box::pin(self.answer_shared(&job, shared, false)).await,
+            Own::Shared(shared) => Box::pin(self.answer_shared(job, shared, false)).await,
         }
     }
 
@@ -193,7 +209,8 @@ impl Proxy {
     /// Talks to the origin and classifies the answer. Touches no shared state.
     async fn exchange(&self, job: &Job) -> Exchange {
         let ctx = &job.ctx;
-        let policy = &self.cfg().policy;
+        let cfg = self.settings(); // held across the origin fetch
+        let policy = &cfg.policy;
         let stale = job.stale.clone();
         let build = |up: &Upstream| {
             let mut oreq = self.origin_request(up, ctx, Method::GET, body::empty())?;
@@ -229,6 +246,7 @@ impl Proxy {
                 return Exchange::Failed {
                     status: e.kind.status(),
                     detail: e.kind.as_str(),
+                    down: e.kind.origin_down(),
                     response: None,
                 };
             }
@@ -262,6 +280,7 @@ impl Proxy {
             return Exchange::Failed {
                 status,
                 detail: "origin-5xx",
+                down: false,
                 response: Some(res),
             };
         }
@@ -277,7 +296,6 @@ impl Proxy {
         );
         let len = content_length(&rparts.headers);
         let names = key::vary_names(&rparts.headers).unwrap_or_default();
-        let cfg = self.cfg();
         let rule = cfg.key_rules.rule_for(&ctx.host_norm, ctx.uri.path());
         let verdict = freshness::storable(
             &ctx.headers,
@@ -289,7 +307,7 @@ impl Proxy {
             policy,
         )
         .and_then(|()| match len {
-            Some(n) if n > self.cfg().max_object_size => Err(NotStored::TooLarge),
+            Some(n) if n > cfg.max_object_size => Err(NotStored::TooLarge),
             _ => Ok(()),
         })
         // Vary on Cookie/Authorization/User-Agent: one copy per user; only if allowed.
@@ -411,14 +429,19 @@ impl Proxy {
             Exchange::Failed {
                 status,
                 detail,
+                down,
                 response,
             } => {
-                let shared = Shared::Failed { status, detail };
+                let shared = Shared::Failed {
+                    status,
+                    detail,
+                    down,
+                };
                 publish(shared.clone());
                 match response {
                     // The requester gets the origin's own error page unless stale
                     // content may stand in for it.
-                    Some(res) if !self.stale_if_error_allows(job, detail) => {
+                    Some(res) if !self.stale_if_error_allows(job, down) => {
                         let outcome = Outcome::Forward {
                             fwd: job.fwd,
                             fwd_status: status.as_u16(),
@@ -584,16 +607,13 @@ impl Proxy {
                 };
                 self.serve_stored(ctx, &entry, outcome, SystemTime::now())
             }
-            Shared::Uncacheable(_) => {
-                Box::pin(self.direct(Job {
-                    ctx: ctx.clone(),
-                    stale: job.stale.clone(),
-                    fwd: job.fwd,
-                }))
-                .await
-            }
-            Shared::Failed { status, detail } => {
-                if let (Some(stale), true) = (&job.stale, self.stale_if_error_allows(job, detail)) {
+            Shared::Uncacheable(_) => Box::pin(self.direct(job)).await,
+            Shared::Failed {
+                status,
+                detail,
+                down,
+            } => {
+                if let (Some(stale), true) = (&job.stale, self.stale_if_error_allows(job, down)) {
                     let outcome = Outcome::StaleIfError {
                         fwd: job.fwd,
                         detail,
@@ -623,12 +643,14 @@ impl Proxy {
                 return self.serve_stored(&job.ctx, &entry, Outcome::Hit { stale: false }, now);
             }
         }
-        Box::pin(self.direct(Job {
+        let own = Job {
             ctx: job.ctx.clone(),
             stale: None,
             fwd: Fwd::VaryMiss,
-        }))
-        .await
+        };
+        let res = Box::pin(self.direct(&own)).await;
+        job.ctx.origin_micros.set(own.ctx.origin_micros.get());
+        res
     }
 
     /// The response for a just-fetched storable object: its head, `Age`, and a body
@@ -673,7 +695,7 @@ impl Proxy {
     /// (health checks failing, or it cannot be reached) the longer
     /// `cache.unhealthy_grace` applies too: a cache is then "disconnected" in the sense
     /// of RFC 9111 §4.2.4, unless the response forbids stale use outright.
-    fn stale_if_error_allows(&self, job: &Job, detail: &str) -> bool {
+    fn stale_if_error_allows(&self, job: &Job, origin_down: bool) -> bool {
         let Some(stale) = &job.stale else {
             return false;
         };
@@ -682,12 +704,7 @@ impl Proxy {
             &job.ctx.req_dirs,
             self.cfg().stale_if_error,
         );
-        let down = self.origins().all_unhealthy()
-            || matches!(
-                detail,
-                "origin-unhealthy" | "origin-unreachable" | "connect-timeout"
-            );
-        if down {
+        if origin_down || self.origins().all_unhealthy() {
             window = window.max(freshness::grace_window(
                 &stale.directives,
                 self.cfg().unhealthy_grace,

@@ -67,6 +67,16 @@ impl OriginErrorKind {
         }
     }
 
+    /// True when the origin itself is down (as opposed to answering badly).
+    pub fn origin_down(self) -> bool {
+        matches!(
+            self,
+            OriginErrorKind::Unhealthy
+                | OriginErrorKind::Unreachable
+                | OriginErrorKind::ConnectTimeout
+        )
+    }
+
     /// True when the request certainly never reached the origin, so sending it
     /// again cannot repeat its effect.
     pub fn never_sent(self) -> bool {

@@ -78,9 +78,9 @@ pub(crate) struct Ctx {
     pub req_dirs: Directives,
     /// This request's id in logs (a process-wide counter).
     pub request_id: u64,
-    /// Time spent waiting for the origin's response head, in microseconds (shared
-    /// with the flight task that fetches on this request's behalf).
-    pub origin_micros: Arc<std::sync::atomic::AtomicU64>,
+    /// Time spent waiting for the origin's response head, in microseconds (a flight
+    /// task fetching on this request's behalf reports it back).
+    pub origin_micros: OriginTime,
 }
 
 /// Produces a freshly validated configuration (the binary re-reads its file).
@@ -96,6 +96,27 @@ pub struct ReloadReport {
 
 static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Microseconds spent waiting for the origin. An atomic so that it can be set
+/// through a shared `&Ctx`; cloning copies the value (no allocation per request).
+#[derive(Default)]
+pub(crate) struct OriginTime(std::sync::atomic::AtomicU64);
+
+impl OriginTime {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, micros: u64) {
+        self.0.store(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clone for OriginTime {
+    fn clone(&self) -> Self {
+        OriginTime(std::sync::atomic::AtomicU64::new(self.get()))
+    }
+}
+
 /// The outcome label of a response, for the access log.
 #[derive(Clone, Copy)]
 pub(crate) struct OutcomeLabel(pub &'static str);
@@ -103,8 +124,7 @@ pub(crate) struct OutcomeLabel(pub &'static str);
 impl Ctx {
     pub(crate) fn record_origin_time(&self, since: std::time::Instant) {
         let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.origin_micros
-            .store(micros, std::sync::atomic::Ordering::Relaxed);
+        self.origin_micros.set(micros);
     }
 }
 
@@ -208,7 +228,7 @@ impl Proxy {
             restart_required.push("admin.request_id_window".into());
             new.admin.request_id_window = old.admin.request_id_window;
         }
-        let origins_changed = format!("{:?}", new.origins) != format!("{:?}", old.origins);
+        let origins_changed = new.file.origins != old.file.origins;
         if origins_changed {
             let origins = Origins::new(&new.origins, self.metrics.clone());
             origins.spawn_health_checks();
@@ -234,8 +254,10 @@ impl Proxy {
         self.config.load_full()
     }
 
-    pub(crate) fn cfg(&self) -> Arc<Settings> {
-        self.config.load_full()
+    /// The configuration for this moment: an `arc-swap` guard, which costs no
+    /// reference-count traffic on the hot path (unlike `settings()`).
+    pub(crate) fn cfg(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.config.load()
     }
 
     pub async fn handle(
@@ -243,7 +265,8 @@ impl Proxy {
         req: Request<Incoming>,
         client: ClientInfo,
     ) -> Response<Body> {
-        let s = &self.cfg();
+        // Held for the whole request (across awaits): a counted reference, not a guard.
+        let s = &self.settings();
         let started = std::time::Instant::now();
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > s.max_uri_bytes {
@@ -324,7 +347,7 @@ impl Proxy {
             key,
             req_dirs,
             request_id: REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            origin_micros: Arc::default(),
+            origin_micros: OriginTime::default(),
         };
         if ctx.method.as_str() == "PURGE" {
             // Never forwarded: answered here, with a token (admin.rs).
@@ -483,30 +506,29 @@ impl Proxy {
     fn same_origin_key(&self, ctx: &Ctx, value: &HeaderValue) -> Option<CacheKey> {
         let v = value.to_str().ok()?.trim();
         if v.starts_with('/') && !v.starts_with("//") {
-            return Some(self.key_for(ctx, &ctx.host_norm, v));
+            return Some(self.key_for(ctx.client.scheme, &ctx.host_norm, v, &ctx.headers));
         }
         let uri: Uri = v.parse().ok()?;
         let scheme = uri.scheme_str()?;
         let authority = uri.authority()?.as_str();
-        let same = scheme == ctx.client.scheme
-            && key::normalize_host(authority, scheme)
-                == key::normalize_host(&ctx.host, ctx.client.scheme);
         let host = key::normalize_host(authority, scheme);
-        same.then(|| self.key_for(ctx, &host, uri.path_and_query().map_or("/", |p| p.as_str())))
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        let same = scheme == ctx.client.scheme && host == ctx.host_norm;
+        same.then(|| self.key_for(scheme, &host, pq, &ctx.headers))
     }
 
     /// The key another URL on this proxy would have for this request's headers.
-    fn key_for(&self, ctx: &Ctx, host_norm: &str, path_and_query: &str) -> CacheKey {
+    pub(crate) fn key_for(
+        &self,
+        scheme: &str,
+        host_norm: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> CacheKey {
         let path = path_and_query.split('?').next().unwrap_or("/");
         let cfg = self.cfg();
         let rule = cfg.key_rules.rule_for(host_norm, path);
-        key::primary_key(
-            rule,
-            ctx.client.scheme,
-            host_norm,
-            path_and_query,
-            &ctx.headers,
-        )
+        key::primary_key(rule, scheme, host_norm, path_and_query, headers)
     }
 
     /// Builds the request to the origin: its URI, hop-by-hop fields removed, `Host`,
@@ -607,33 +629,30 @@ impl Proxy {
         outcome: Outcome,
         now: SystemTime,
     ) -> Response<Body> {
-        let mut res = self.serve_stored_inner(ctx, entry, outcome, now);
+        let age = entry.age(now);
+        let ttl = Some(freshness::ttl_secs(entry.lifetime, age));
+        let age_value = HeaderValue::from(freshness::age_header_secs(age));
+        let mut res = if conditional::not_modified(&ctx.headers, entry.status, &entry.headers) {
+            let mut headers = conditional::not_modified_headers(&entry.headers);
+            headers.insert(AGE, age_value);
+            response(StatusCode::NOT_MODIFIED, headers, body::empty())
+        } else {
+            self.stored_response(ctx, entry, age_value)
+        };
         if self.cfg().debug_headers {
             res.extensions_mut()
                 .insert(VariantInfo(entry.variant.describe()));
         }
-        res
+        self.finish(res, &outcome, ttl)
     }
 
-    fn serve_stored_inner(
+    /// The full (or ranged) answer from a stored entry, before `finish`.
+    fn stored_response(
         &self,
         ctx: &Ctx,
         entry: &StoredResponse,
-        outcome: Outcome,
-        now: SystemTime,
+        age_value: HeaderValue,
     ) -> Response<Body> {
-        let age = entry.age(now);
-        let ttl = Some(freshness::ttl_secs(entry.lifetime, age));
-        let age_value = HeaderValue::from(freshness::age_header_secs(age));
-        if conditional::not_modified(&ctx.headers, entry.status, &entry.headers) {
-            let mut headers = conditional::not_modified_headers(&entry.headers);
-            headers.insert(AGE, age_value);
-            return self.finish(
-                response(StatusCode::NOT_MODIFIED, headers, body::empty()),
-                &outcome,
-                ttl,
-            );
-        }
         let mut headers = entry.headers.clone();
         headers.insert(AGE, age_value);
         let len = entry.body.len() as u64;
@@ -677,7 +696,7 @@ impl Proxy {
         } else {
             body::full(payload)
         };
-        self.finish(response(status, headers, body), &outcome, ttl)
+        response(status, headers, body)
     }
 
     pub(crate) fn origin_error(&self, ctx: &Ctx, e: OriginError, fwd: Fwd) -> Response<Body> {
@@ -819,6 +838,6 @@ fn access_log(ctx: &Ctx, res: &Response<Body>, started: std::time::Instant) {
         key = %format_args!("{:016x}", (ctx.key.digest >> 64) as u64),
         bytes,
         total_ms = started.elapsed().as_secs_f64() * 1000.0,
-        origin_ms = ctx.origin_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0,
+        origin_ms = ctx.origin_micros.get() as f64 / 1000.0,
     );
 }

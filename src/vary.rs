@@ -8,6 +8,8 @@
 //! `br` to `br, gzip` and the entry would then be served to a `br`-only client
 //! under a different reading.
 
+use std::borrow::Cow;
+
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_CHARSET, ACCEPT_ENCODING, ACCEPT_LANGUAGE,
     AUTHORIZATION, COOKIE, USER_AGENT,
@@ -53,9 +55,20 @@ impl VaryRules {
     pub fn normalize_request(&self, headers: &mut HeaderMap) {
         for (name, normalizer) in &self.normalizers {
             let value = normalize(normalizer, headers, name);
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(name.clone(), v);
+            let mut current = headers.get_all(name).iter();
+            if let (Some(only), None) = (current.next(), current.next()) {
+                if only.as_bytes() == value.as_bytes() {
+                    continue; // already normal: nothing to rewrite
+                }
             }
+            let v = match value {
+                Cow::Borrowed(fixed) => HeaderValue::from_static(fixed),
+                Cow::Owned(text) => match HeaderValue::from_str(&text) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                },
+            };
+            headers.insert(name.clone(), v);
         }
     }
 
@@ -102,7 +115,11 @@ fn members(headers: &HeaderMap, name: &HeaderName) -> Vec<(String, f32)> {
 }
 
 /// The normalized value of a field per `normalizer`.
-pub fn normalize(normalizer: &Normalizer, headers: &HeaderMap, name: &HeaderName) -> String {
+pub fn normalize(
+    normalizer: &Normalizer,
+    headers: &HeaderMap,
+    name: &HeaderName,
+) -> Cow<'static, str> {
     let list = members(headers, name);
     match normalizer {
         Normalizer::Encoding => {
@@ -113,39 +130,39 @@ pub fn normalize(normalizer: &Normalizer, headers: &HeaderMap, name: &HeaderName
                     .map_or(0.0, |(_, q)| *q)
             };
             let (br, gzip) = (q_of("br"), q_of("gzip"));
-            if br > 0.0 && br >= gzip {
-                "br".into()
+            Cow::Borrowed(if br > 0.0 && br >= gzip {
+                "br"
             } else if gzip > 0.0 {
-                "gzip".into()
+                "gzip"
             } else {
-                "identity".into()
-            }
+                "identity"
+            })
         }
         Normalizer::Language { languages, default } => {
             let mut ranked: Vec<&(String, f32)> = list.iter().filter(|(_, q)| *q > 0.0).collect();
             ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
             for (tag, _) in ranked {
                 if tag == "*" {
-                    return default.clone();
+                    return Cow::Owned(default.clone());
                 }
                 // Exact match first, then the request's primary subtag ("en-gb" → "en"),
                 // then a configured regional tag for a bare request tag ("en" → "en-us").
                 if let Some(l) = languages.iter().find(|l| l.eq_ignore_ascii_case(tag)) {
-                    return l.clone();
+                    return Cow::Owned(l.clone());
                 }
                 let primary = tag.split('-').next().unwrap_or(tag);
                 if let Some(l) = languages.iter().find(|l| l.eq_ignore_ascii_case(primary)) {
-                    return l.clone();
+                    return Cow::Owned(l.clone());
                 }
                 if let Some(l) = languages.iter().find(|l| {
                     l.split('-')
                         .next()
                         .is_some_and(|p| p.eq_ignore_ascii_case(primary))
                 }) {
-                    return l.clone();
+                    return Cow::Owned(l.clone());
                 }
             }
-            default.clone()
+            Cow::Owned(default.clone())
         }
     }
 }
