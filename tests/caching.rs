@@ -327,17 +327,17 @@ async fn head_miss_fills_the_cache_for_get() {
         "GET",
         "a HEAD miss fetches the full object"
     );
-    // The store fills in the background once the origin body is complete.
-    let mut hit = false;
-    for _ in 0..200 {
-        if proxy.store().len() == 1 {
-            hit = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(hit, "entry stored after HEAD miss");
+    // The store fills in the background once the origin body is complete; the
+    // fetch's flight ends only after that (a signal, not a timer).
+    let mut activity = proxy.running.proxy.flights().activity();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        activity.wait_for(|a| a.flights == 0),
+    )
+    .await
+    .expect("the fetch finished")
+    .expect("activity channel open");
+    assert_eq!(proxy.store().len(), 1, "entry stored after HEAD miss");
     assert_eq!(proxy.get("/h").await.text(), "0123456789");
     assert_eq!(origin.hits(), 1);
 }
