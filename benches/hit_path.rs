@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
             variant: Variant::default(),
             tags: Vec::new().into(),
             fetched_gen: 0,
+            rendered: Default::default(),
         },
     );
     let policy = Policy::default();
@@ -128,6 +129,7 @@ fn variants(c: &mut Criterion) {
                     variant: Variant::of(&req, &names),
                     tags: Vec::new().into(),
                     fetched_gen: 0,
+                    rendered: Default::default(),
                 },
             );
         }

@@ -37,6 +37,7 @@ fn entry(tags: &[Arc<str>], gen: u64) -> StoredResponse {
         variant: Variant::default(),
         tags: tags.to_vec().into(),
         fetched_gen: gen,
+        rendered: Default::default(),
     }
 }
 

@@ -6,22 +6,66 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every response Lacquer sends and every request it forwards.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+/// Bytes already in memory (every cache hit) need no allocation and no dynamic
+/// dispatch; streams are boxed.
+pub enum Body {
+    /// A body in memory, sent as one frame (`None` once sent, or empty).
+    Full(Option<Bytes>),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Full(b) => write!(f, "Body::Full({} bytes)", b.as_ref().map_or(0, Bytes::len)),
+            Body::Boxed(_) => f.write_str("Body::Boxed"),
+        }
+    }
+}
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    let bytes = bytes.into();
+    Body::Full((!bytes.is_empty()).then_some(bytes))
 }
 
 pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
+    Body::Full(None)
 }
 
 pub fn boxed<B>(body: B) -> Body
@@ -29,7 +73,7 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed_unsync()
+    Body::Boxed(body.map_err(Into::into).boxed_unsync())
 }
 
 /// A body fed by a channel: the receiving half of a tee.
@@ -247,7 +291,12 @@ mod tests {
     async fn tee_collects_before_the_client_sees_the_end() {
         for len in [Some(5), None] {
             let (slot, f) = sink();
-            let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), len, 100, f);
+            let (client, fut) = tee(
+                http_body_util::Full::new(Bytes::from_static(b"hello")),
+                len,
+                100,
+                f,
+            );
             let task = tokio::spawn(fut);
             let got = client.collect().await.unwrap().to_bytes();
             assert_eq!(got, "hello");
@@ -264,7 +313,12 @@ mod tests {
     #[tokio::test]
     async fn tee_keeps_collecting_after_the_client_leaves() {
         let (slot, f) = sink();
-        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), None, 100, f);
+        let (client, fut) = tee(
+            http_body_util::Full::new(Bytes::from_static(b"hello")),
+            None,
+            100,
+            f,
+        );
         drop(client);
         fut.await.unwrap();
         assert_eq!(slot.lock().unwrap().as_deref(), Some(&b"hello"[..]));
@@ -273,7 +327,12 @@ mod tests {
     #[tokio::test]
     async fn tee_stops_collecting_past_the_limit() {
         let (slot, f) = sink();
-        let (client, fut) = tee(Full::new(Bytes::from_static(b"hello")), None, 3, f);
+        let (client, fut) = tee(
+            http_body_util::Full::new(Bytes::from_static(b"hello")),
+            None,
+            3,
+            f,
+        );
         let task = tokio::spawn(fut);
         assert_eq!(client.collect().await.unwrap().to_bytes(), "hello");
         assert_eq!(task.await.unwrap(), Err(TeeEnd::TooLarge));
@@ -283,7 +342,12 @@ mod tests {
     #[tokio::test]
     async fn tee_reports_a_short_body() {
         let (slot, f) = sink();
-        let (client, fut) = tee(Full::new(Bytes::from_static(b"hel")), Some(5), 100, f);
+        let (client, fut) = tee(
+            http_body_util::Full::new(Bytes::from_static(b"hel")),
+            Some(5),
+            100,
+            f,
+        );
         drop(client);
         assert_eq!(fut.await, Err(TeeEnd::Incomplete));
         assert!(slot.lock().unwrap().is_none());

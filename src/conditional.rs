@@ -31,6 +31,12 @@ fn tags(list: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Can this request field change how a stored response is answered (a 304, a
+/// range)? Requests without any are answered with the stored response as is.
+pub fn shapes_answer(name: &http::HeaderName) -> bool {
+    name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE || name == RANGE || name == IF_RANGE
+}
+
 /// Does the client's `If-None-Match`/`If-Modified-Since` make this a 304?
 /// (RFC 9110 §13.1.2, §13.1.3, evaluated in the order of §13.2.2.)
 /// Only a 200 response is ever turned into a 304.

@@ -624,6 +624,10 @@ pub struct Settings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What was validated, for display.
     pub file: ConfigFile,
+    /// Which configuration this is (the proxy numbers each one it applies): cached
+    /// renderings of stored responses are only reused under the configuration
+    /// that rendered them.
+    pub generation: u64,
 }
 
 fn is_token(s: &str) -> bool {
@@ -1144,6 +1148,7 @@ impl Settings {
         }
 
         Ok(Settings {
+            generation: 0,
             listen: s.listen,
             header_read_timeout: s.header_read_timeout,
             max_header_bytes: max_header_bytes as usize,

@@ -339,6 +339,7 @@ impl Proxy {
                     variant: Variant::of(&ctx.headers, &names),
                     tags,
                     fetched_gen,
+                    rendered: Default::default(),
                 };
                 Exchange::Storable {
                     entry,
@@ -395,6 +396,7 @@ impl Proxy {
             variant: stale.variant.clone(),
             tags,
             fetched_gen: stale.fetched_gen,
+            rendered: Default::default(),
             headers,
         }
     }

@@ -169,14 +169,15 @@ impl KeyRules {
 /// Normalizes a host: lowercase, trailing dot removed, default port removed.
 pub fn normalize_host(host: &str, scheme: &str) -> String {
     let host = host.trim();
-    // Fast path (the common case): already lowercase, no trailing dot, no default port.
+    // Fast path (the common case): already lowercase, no trailing dot, no default
+    // port. One pass over the bytes (no substring search).
     let default_suffix = if scheme == "https" { ":443" } else { ":80" };
-    if !host.bytes().any(|b| b.is_ascii_uppercase())
-        && !host.ends_with('.')
-        && !host.contains(".:")
-        && !host.ends_with(default_suffix)
-        && !host.ends_with(':')
-    {
+    let b = host.as_bytes();
+    let clean = b
+        .iter()
+        .enumerate()
+        .all(|(i, c)| !(c.is_ascii_uppercase() || *c == b'.' && b.get(i + 1) == Some(&b':')));
+    if clean && !host.ends_with('.') && !host.ends_with(default_suffix) && !host.ends_with(':') {
         return host.to_string();
     }
     let (name, port) = match host.rfind(':') {
@@ -213,6 +214,10 @@ fn is_unreserved(b: u8) -> bool {
 pub fn normalize_percent(input: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let b = input.as_bytes();
+    if !b.contains(&b'%') {
+        out.push_str(input); // nothing to decode (the common case): one copy
+        return;
+    }
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {

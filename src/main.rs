@@ -1,6 +1,12 @@
 //! The `lacquer` command: `serve`, `check-config`, `origin`, and for pipelines `purge`
 //! and `verify` (their logic is in `lacquer::cli`).
 
+/// mimalloc instead of the system allocator: a hit allocates a few small blocks
+/// (headers, body handle, response), and glibc's malloc/free was about 15% of a
+/// hit's instructions under callgrind.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +52,10 @@ enum Command {
         /// Cache-Control of the fixed responses.
         #[arg(long, default_value = "max-age=3600")]
         fixed_cache_control: String,
+        /// Runtime worker threads, as `server.threads` (0: one per core; 1: a
+        /// single-threaded runtime, the flavour the load benchmark pins to a core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Purge through the admin API (for pipelines): exit 0 done, 1 refused, 2 usage,
     /// 3 unreachable.
@@ -182,9 +192,10 @@ fn main() -> ExitCode {
             listen,
             fixed_size,
             fixed_cache_control,
+            threads,
         } => {
             init_logging(lacquer::config::LogFormat::Text, "info");
-            run(async move {
+            run_with(threads, async move {
                 let origin = match fixed_size {
                     Some(size) => {
                         lacquer::demo_origin::start_fixed(listen, size, &fixed_cache_control)
@@ -209,11 +220,9 @@ fn run_cli(fut: impl std::future::Future<Output = lacquer::cli::Exit>) -> ExitCo
     block_on(fut).map_or(lacquer::cli::Exit::Unreachable.into(), ExitCode::from)
 }
 
-fn run(fut: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {
-    run_with(0, fut)
-}
-
-/// Runs `fut` on a multi-thread runtime with `threads` workers (0: one per core).
+/// Runs `fut` on a runtime with `threads` workers: 0 is one per core (multi-thread),
+/// 1 is tokio's current-thread runtime (no work stealing, no cross-thread wake-ups:
+/// measured faster on one pinned core, see benches/load/results.md).
 fn run_with(
     threads: usize,
     fut: impl std::future::Future<Output = std::io::Result<()>>,
@@ -234,10 +243,15 @@ fn block_on<F: std::future::Future>(fut: F) -> Option<F::Output> {
 }
 
 fn block_on_with<F: std::future::Future>(threads: usize, fut: F) -> Option<F::Output> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if threads > 0 {
-        builder.worker_threads(threads);
-    }
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 0 {
+            b.worker_threads(threads);
+        }
+        b
+    };
     match builder.enable_all().build() {
         Ok(runtime) => Some(runtime.block_on(fut)),
         Err(e) => {

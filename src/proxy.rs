@@ -78,6 +78,9 @@ pub(crate) struct Ctx {
     pub req_dirs: Directives,
     /// This request's id in logs (a process-wide counter).
     pub request_id: u64,
+    /// No field that can change how a stored response is answered (conditional or
+    /// range fields, RFC 9110 §13.1, §14.2): a fresh 200 is served as stored.
+    pub plain: bool,
     /// Time spent waiting for the origin's response head, in microseconds (a flight
     /// task fetching on this request's behalf reports it back).
     pub origin_micros: OriginTime,
@@ -95,6 +98,14 @@ pub struct ReloadReport {
 }
 
 static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Numbers the configurations the proxies of this process apply (`Settings::generation`).
+static CONFIG_GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn numbered(mut settings: Settings) -> Settings {
+    settings.generation = CONFIG_GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    settings
+}
 
 /// Microseconds spent waiting for the origin. An atomic so that it can be set
 /// through a shared `&Ctx`; cloning copies the value (no allocation per request).
@@ -130,6 +141,7 @@ impl Ctx {
 
 impl Proxy {
     pub fn new(settings: Settings) -> Arc<Proxy> {
+        let settings = numbered(settings);
         let store = Arc::new(Store::new(settings.max_size, settings.max_variants));
         let metrics = Arc::new(crate::metrics::Metrics::new(store.evictions.clone()));
         let origins =
@@ -236,7 +248,7 @@ impl Proxy {
             // using them is done.
             self.origins.store(Arc::new(origins));
         }
-        self.config.store(Arc::new(new));
+        self.config.store(Arc::new(numbered(new)));
         tracing::info!(?restart_required, origins_changed, "configuration reloaded");
         ReloadReport {
             restart_required,
@@ -273,11 +285,12 @@ impl Proxy {
             self.metrics.request("rejected");
             return plain(StatusCode::URI_TOO_LONG, "414 URI Too Long\n");
         }
-        let head_bytes: usize = req
-            .headers()
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
+        let mut head_bytes = 0;
+        let mut as_stored = true;
+        for (n, v) in req.headers() {
+            head_bytes += n.as_str().len() + v.len() + 4;
+            as_stored &= !conditional::shapes_answer(n);
+        }
         if head_bytes + uri_len > s.max_header_bytes {
             self.metrics.request("rejected");
             return plain(
@@ -298,7 +311,7 @@ impl Proxy {
         if s.admin.listen.is_none() {
             if let Some(rest) = req.uri().path().strip_prefix("/.lacquer") {
                 let rest = rest.to_string();
-                return self.admin(req, client, &rest).await;
+                return Box::pin(self.admin(req, client, &rest)).await;
             }
         }
 
@@ -347,6 +360,7 @@ impl Proxy {
             key,
             req_dirs,
             request_id: REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            plain: as_stored,
             origin_micros: OriginTime::default(),
         };
         if ctx.method.as_str() == "PURGE" {
@@ -362,7 +376,7 @@ impl Proxy {
         let mut res = if cacheable {
             self.cached(&ctx).await
         } else {
-            self.pass(&ctx, body).await
+            Box::pin(self.pass(&ctx, body)).await
         };
         if s.debug_headers {
             debug_headers(&mut res, &ctx.key);
@@ -398,7 +412,7 @@ impl Proxy {
                 ) {
                     Reuse::Fresh => {
                         self.maybe_refresh_early(ctx, &entry, age);
-                        return self.serve_stored(ctx, &entry, Outcome::Hit { stale: false }, now);
+                        return self.serve_fresh(ctx, &entry, now);
                     }
                     Reuse::StaleAccepted => {
                         return self.serve_stored(ctx, &entry, Outcome::Hit { stale: true }, now)
@@ -432,7 +446,8 @@ impl Proxy {
             );
             return self.finish(res, &Outcome::OnlyIfCached, None);
         }
-        self.fetch(ctx, stale, fwd).await
+        // Boxed: the hit path's future stays small (hyper moves it on every request).
+        Box::pin(self.fetch(ctx, stale, fwd)).await
     }
 
     /// Early refresh: during the last `early_refresh` of an entry's freshness, a hit
@@ -622,6 +637,59 @@ impl Proxy {
 
     /// Serves a stored response: 304 for matching conditionals, 206/416 for ranges,
     /// `Age` always (RFC 9111 §5.1).
+    /// A fresh hit. The common case (a plain GET of a stored 200) reuses the
+    /// entry's cached rendering of the head when it was made for this second and
+    /// this configuration; anything else, or a stale rendering, goes through
+    /// [`Proxy::serve_stored`], whose result becomes the new rendering. Both paths
+    /// give the same headers (tested in tests/caching.rs).
+    fn serve_fresh(&self, ctx: &Ctx, entry: &StoredResponse, now: SystemTime) -> Response<Body> {
+        let cfg = self.cfg();
+        if !(ctx.plain
+            && ctx.method == Method::GET
+            && entry.status == StatusCode::OK
+            && !cfg.debug_headers)
+        {
+            return self.serve_stored(ctx, entry, Outcome::Hit { stale: false }, now);
+        }
+        let age = entry.age(now);
+        let age_secs = freshness::age_header_secs(age);
+        let ttl = freshness::ttl_secs(entry.lifetime, age);
+        let res = match entry.rendered.get(cfg.generation, age_secs, ttl) {
+            Some(headers) => {
+                let outcome = Outcome::Hit { stale: false };
+                self.metrics.request(outcome.label());
+                let mut res = response(entry.status, headers, body::full(entry.body.clone()));
+                if cfg.access_log {
+                    res.extensions_mut().insert(OutcomeLabel(outcome.label()));
+                }
+                res
+            }
+            None => {
+                let res = self.serve_stored(ctx, entry, Outcome::Hit { stale: false }, now);
+                entry
+                    .rendered
+                    .set(cfg.generation, age_secs, ttl, res.headers().clone());
+                res
+            }
+        };
+        if cfg!(debug_assertions) {
+            // Debug builds (every test) check the cached rendering against a new one.
+            let mut again = self.stored_response(ctx, entry, HeaderValue::from(age_secs));
+            self.finish_head(
+                again.headers_mut(),
+                &Outcome::Hit { stale: false },
+                Some(ttl),
+                &cfg,
+            );
+            assert_eq!(
+                res.headers(),
+                again.headers(),
+                "cached hit rendering is stale"
+            );
+        }
+        res
+    }
+
     pub(crate) fn serve_stored(
         &self,
         ctx: &Ctx,
@@ -730,7 +798,24 @@ impl Proxy {
         if cfg.access_log {
             res.extensions_mut().insert(OutcomeLabel(outcome.label()));
         }
-        let headers = res.headers_mut();
+        self.finish_head(res.headers_mut(), outcome, ttl, &cfg);
+        debug!(
+            outcome = outcome.label(),
+            status = res.status().as_u16(),
+            "request done"
+        );
+        res
+    }
+
+    /// The header part of `finish` (a pure function of the headers, the outcome
+    /// and the configuration: hits cache its result).
+    fn finish_head(
+        &self,
+        headers: &mut HeaderMap,
+        outcome: &Outcome,
+        ttl: Option<i64>,
+        cfg: &Settings,
+    ) {
         let upstream = headers.remove(&CACHE_STATUS);
         if let Some(v) = outcome.cache_status_header(upstream.as_ref(), &cfg.cache_status_name, ttl)
         {
@@ -751,12 +836,6 @@ impl Proxy {
                 headers.remove(h);
             }
         }
-        debug!(
-            outcome = outcome.label(),
-            status = res.status().as_u16(),
-            "request done"
-        );
-        res
     }
 }
 

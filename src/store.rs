@@ -42,6 +42,62 @@ pub struct StoredResponse {
     pub tags: Arc<[Arc<str>]>,
     /// The purge generation when its origin request started (see `purge.rs`).
     pub fetched_gen: u64,
+    /// The last response head rendered for a fresh hit on this entry (see
+    /// [`RenderedHead`]); empty in a new or cloned entry.
+    pub rendered: RenderedHead,
+}
+
+/// A cached rendering of the response head of a plain fresh hit: the stored headers
+/// after `Proxy::finish` (targeted fields, Surrogate-Control and tag headers
+/// removed, `Via` added) with `Age` and `Cache-Status`. `Age` and the `ttl` in
+/// `Cache-Status` change once a second, so the rendering is reused while the
+/// configuration generation, the age in seconds and the ttl are those it was made
+/// for, and replaced otherwise. A hit then costs one `HeaderMap` clone instead of a
+/// clone, three inserts, four removals and two renderings.
+#[derive(Default)]
+pub struct RenderedHead(arc_swap::ArcSwapOption<Rendered>);
+
+struct Rendered {
+    generation: u64,
+    age: u64,
+    ttl: i64,
+    headers: HeaderMap,
+}
+
+impl RenderedHead {
+    /// The headers rendered for exactly these inputs, if that is what is cached.
+    pub fn get(&self, generation: u64, age: u64, ttl: i64) -> Option<HeaderMap> {
+        let guard = self.0.load();
+        match guard.as_deref() {
+            Some(r) if r.generation == generation && r.age == age && r.ttl == ttl => {
+                Some(r.headers.clone())
+            }
+            _ => None,
+        }
+    }
+
+    pub fn set(&self, generation: u64, age: u64, ttl: i64, headers: HeaderMap) {
+        self.0.store(Some(Arc::new(Rendered {
+            generation,
+            age,
+            ttl,
+            headers,
+        })));
+    }
+}
+
+/// A clone is a different entry (a soft-purged copy, an updated head): it starts
+/// without a rendering.
+impl Clone for RenderedHead {
+    fn clone(&self) -> Self {
+        RenderedHead::default()
+    }
+}
+
+impl std::fmt::Debug for RenderedHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RenderedHead")
+    }
 }
 
 impl StoredResponse {
@@ -435,6 +491,7 @@ mod tests {
             variant,
             tags: Vec::new().into(),
             fetched_gen: 0,
+            rendered: Default::default(),
         }
     }
 

@@ -45,6 +45,9 @@ impl Default for VaryRules {
     }
 }
 
+/// What `Normalizer::Encoding` produces (each maps to itself).
+const ENCODINGS: [&[u8]; 3] = [b"br", b"gzip", b"identity"];
+
 /// Fields whose Vary would store one copy per user or per browser build.
 pub fn is_private_vary(name: &HeaderName) -> bool {
     name == COOKIE || name == AUTHORIZATION || name == USER_AGENT
@@ -54,12 +57,20 @@ impl VaryRules {
     /// Rewrites the normalized fields of a request in place.
     pub fn normalize_request(&self, headers: &mut HeaderMap) {
         for (name, normalizer) in &self.normalizers {
-            let value = normalize(normalizer, headers, name);
             let mut current = headers.get_all(name).iter();
-            if let (Some(only), None) = (current.next(), current.next()) {
-                if only.as_bytes() == value.as_bytes() {
-                    continue; // already normal: nothing to rewrite
-                }
+            let only = match (current.next(), current.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            };
+            // A value the normalizer produces maps to itself: nothing to do.
+            if *normalizer == Normalizer::Encoding
+                && only.is_some_and(|v| ENCODINGS.contains(&v.as_bytes()))
+            {
+                continue;
+            }
+            let value = normalize(normalizer, headers, name);
+            if only.is_some_and(|v| v.as_bytes() == value.as_bytes()) {
+                continue; // already normal: nothing to rewrite
             }
             let v = match value {
                 Cow::Borrowed(fixed) => HeaderValue::from_static(fixed),

@@ -330,3 +330,65 @@ async fn reload_through_the_admin_api_rejects_a_bad_config_and_keeps_the_old_one
         0.5
     );
 }
+
+#[tokio::test]
+async fn a_hit_renders_the_same_head_as_the_general_path_and_a_reload_renders_it_anew() {
+    // Hits reuse a rendering of the head (proxy.rs `serve_fresh`); debug builds also
+    // compare each reuse with a new rendering. Here: what a client sees.
+    let origin = Origin::start(|_| {
+        Reply::ok("body")
+            .header("cache-control", "max-age=600")
+            .header("cdn-cache-control", "max-age=600")
+            .header("surrogate-key", "a b")
+            .header("etag", "\"v1\"")
+            .header("x-custom", "kept")
+    })
+    .await;
+    let proxy = Proxy::start(&origin).await;
+    proxy.get("/r").await; // miss, stored
+    let first = proxy.get("/r").await; // renders
+    let second = proxy.get("/r").await; // reuses (unless a second passed)
+                                        // A conditional request that does not match takes the general path.
+    let general = proxy
+        .get_with("/r", &[("if-none-match", "\"other\"")])
+        .await;
+    for res in [&first, &second, &general] {
+        assert!(res.is_hit(), "{}", res.cache_status());
+        assert_eq!(res.text(), "body");
+        assert_eq!(res.header("x-custom"), Some("kept"));
+        assert_eq!(res.header("etag"), Some("\"v1\""));
+        assert_eq!(
+            res.header("surrogate-key"),
+            None,
+            "tag headers are stripped"
+        );
+        assert_eq!(res.header("content-length"), Some("4"));
+        assert!(res.header("via").is_some_and(|v| v.contains("lacquer")));
+    }
+    let names = |r: &common::Res| {
+        let mut n: Vec<String> = r.headers.keys().map(|k| k.to_string()).collect();
+        n.sort();
+        n.dedup();
+        n
+    };
+    assert_eq!(names(&second), names(&general));
+
+    // A reload that changes what a hit's head carries applies to the next hit.
+    let mut file = proxy.running.proxy.settings().file.clone();
+    file.server.via = "edge-7".into();
+    file.server.cache_status_name = "edge-7".into();
+    file.cache.forward_targeted_fields = false;
+    proxy
+        .running
+        .proxy
+        .reload(lacquer::config::Settings::from_file(file).unwrap());
+    let after = proxy.get("/r").await;
+    assert!(
+        after.cache_status().starts_with("edge-7; hit"),
+        "{}",
+        after.cache_status()
+    );
+    assert!(after.header("via").is_some_and(|v| v.contains("edge-7")));
+    assert_eq!(after.header("cdn-cache-control"), None);
+    assert_eq!(origin.hits(), 1);
+}
