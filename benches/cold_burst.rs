@@ -68,7 +68,7 @@ fn main() {
 
         // "Purge" the hot object (hard invalidation of its key), then burst again.
         let rule = lacquer::key::KeyRule::default();
-        let host = lacquer::key::normalize_host(&running.addr.to_string(), "http");
+        let host = lacquer::key::normalize_host(&running.addr.to_string(), "http").into_owned();
         let mut headers = http::HeaderMap::new();
         running.proxy.settings().key_rules.default.vary.normalize_request(&mut headers);
         let key = lacquer::key::primary_key(&rule, "http", &host, PATH, &headers);

@@ -406,7 +406,7 @@ fn scope_check(token: &Token, purge: &Purge) -> Result<(), String> {
         let host = u.parse::<Uri>().ok().and_then(|u| {
             let scheme = u.scheme_str().unwrap_or("http").to_string();
             u.authority()
-                .map(|a| key::normalize_host(a.as_str(), &scheme))
+                .map(|a| key::normalize_host(a.as_str(), &scheme).into_owned())
         });
         if !host.as_deref().is_some_and(host_ok) {
             return Err(format!(

@@ -821,7 +821,7 @@ fn key_rule(
                     format!("`{h}` is not a host name or `*.domain` pattern"),
                 ));
             }
-            let name = crate::key::normalize_host(name, "http");
+            let name = crate::key::normalize_host(name, "http").into_owned();
             if wild {
                 HostMatch::Suffix(name)
             } else {
@@ -935,7 +935,7 @@ fn admin_settings(a: &AdminSection) -> Result<AdminSettings, ConfigError> {
             hosts: t
                 .hosts
                 .iter()
-                .map(|h| crate::key::normalize_host(h, "http"))
+                .map(|h| crate::key::normalize_host(h, "http").into_owned())
                 .collect(),
         });
     }

@@ -296,7 +296,7 @@ impl Proxy {
         );
         let len = content_length(&rparts.headers);
         let names = key::vary_names(&rparts.headers).unwrap_or_default();
-        let rule = cfg.key_rules.rule_for(&ctx.host_norm, ctx.uri.path());
+        let rule = cfg.key_rules.rule_for(ctx.host_norm(), ctx.uri.path());
         let verdict = freshness::storable(
             &ctx.headers,
             &ctx.req_dirs,

@@ -18,14 +18,16 @@ use crate::vary::VaryRules;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
     pub digest: u128,
-    pub full: Box<str>,
+    /// A `String`, not a `Box<str>`: a key is built per request, and shrinking it to
+    /// a box would copy it (the store keeps its own boxed copy).
+    pub full: String,
 }
 
 impl CacheKey {
     pub fn new(full: String) -> CacheKey {
         CacheKey {
             digest: xxh3_128(full.as_bytes()),
-            full: full.into_boxed_str(),
+            full,
         }
     }
 }
@@ -167,7 +169,7 @@ impl KeyRules {
 }
 
 /// Normalizes a host: lowercase, trailing dot removed, default port removed.
-pub fn normalize_host(host: &str, scheme: &str) -> String {
+pub fn normalize_host<'a>(host: &'a str, scheme: &str) -> std::borrow::Cow<'a, str> {
     let host = host.trim();
     // Fast path (the common case): already lowercase, no trailing dot, no default
     // port. One pass over the bytes (no substring search).
@@ -178,7 +180,7 @@ pub fn normalize_host(host: &str, scheme: &str) -> String {
         .enumerate()
         .all(|(i, c)| !(c.is_ascii_uppercase() || *c == b'.' && b.get(i + 1) == Some(&b':')));
     if clean && !host.ends_with('.') && !host.ends_with(default_suffix) && !host.ends_with(':') {
-        return host.to_string();
+        return std::borrow::Cow::Borrowed(host);
     }
     let (name, port) = match host.rfind(':') {
         // An IPv6 literal without port ends with ']'.
@@ -190,10 +192,10 @@ pub fn normalize_host(host: &str, scheme: &str) -> String {
         "https" => "443",
         _ => "80",
     };
-    match port {
+    std::borrow::Cow::Owned(match port {
         Some(p) if !p.is_empty() && p != default_port => format!("{name}:{p}"),
         _ => name,
-    }
+    })
 }
 
 fn hex_val(b: u8) -> Option<u8> {

@@ -72,8 +72,9 @@ pub(crate) struct Ctx {
     pub client: ClientInfo,
     /// The host the client asked for (authority or `Host`), as received.
     pub host: String,
-    /// The same, normalized (what keys use).
-    pub host_norm: String,
+    /// The same, normalized (what keys use), when that differs from `host`: see
+    /// [`Ctx::host_norm`].
+    pub host_normalized: Option<String>,
     pub key: CacheKey,
     pub req_dirs: Directives,
     /// This request's id in logs (a process-wide counter).
@@ -133,6 +134,11 @@ impl Clone for OriginTime {
 pub(crate) struct OutcomeLabel(pub &'static str);
 
 impl Ctx {
+    /// The normalized host (what keys use).
+    pub(crate) fn host_norm(&self) -> &str {
+        self.host_normalized.as_deref().unwrap_or(&self.host)
+    }
+
     pub(crate) fn record_origin_time(&self, since: std::time::Instant) {
         let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.origin_micros.set(micros);
@@ -340,6 +346,8 @@ impl Proxy {
             })
             .unwrap_or_default();
         let host_norm = key::normalize_host(&host, client.scheme);
+        // Usually already normal: no second copy.
+        let host_normalized = (*host_norm != *host).then(|| host_norm.to_string());
         let rule = s.key_rules.rule_for(&host_norm, parts.uri.path());
         let cacheable = (parts.method == Method::GET || parts.method == Method::HEAD)
             && !has_body(&parts.headers);
@@ -356,7 +364,7 @@ impl Proxy {
             headers: parts.headers,
             client,
             host,
-            host_norm,
+            host_normalized,
             key,
             req_dirs,
             request_id: REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -368,7 +376,7 @@ impl Proxy {
             return self.purge_method(
                 &ctx.headers,
                 &ctx.uri,
-                &ctx.host_norm,
+                ctx.host_norm(),
                 &ctx.key,
                 &ctx.client,
             );
@@ -412,7 +420,7 @@ impl Proxy {
                 ) {
                     Reuse::Fresh => {
                         self.maybe_refresh_early(ctx, &entry, age);
-                        return self.serve_fresh(ctx, &entry, now);
+                        return self.serve_fresh(ctx, &entry, now, age);
                     }
                     Reuse::StaleAccepted => {
                         return self.serve_stored(ctx, &entry, Outcome::Hit { stale: true }, now)
@@ -521,14 +529,14 @@ impl Proxy {
     fn same_origin_key(&self, ctx: &Ctx, value: &HeaderValue) -> Option<CacheKey> {
         let v = value.to_str().ok()?.trim();
         if v.starts_with('/') && !v.starts_with("//") {
-            return Some(self.key_for(ctx.client.scheme, &ctx.host_norm, v, &ctx.headers));
+            return Some(self.key_for(ctx.client.scheme, ctx.host_norm(), v, &ctx.headers));
         }
         let uri: Uri = v.parse().ok()?;
         let scheme = uri.scheme_str()?;
         let authority = uri.authority()?.as_str();
         let host = key::normalize_host(authority, scheme);
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-        let same = scheme == ctx.client.scheme && host == ctx.host_norm;
+        let same = scheme == ctx.client.scheme && host == ctx.host_norm();
         same.then(|| self.key_for(scheme, &host, pq, &ctx.headers))
     }
 
@@ -642,7 +650,13 @@ impl Proxy {
     /// this configuration; anything else, or a stale rendering, goes through
     /// [`Proxy::serve_stored`], whose result becomes the new rendering. Both paths
     /// give the same headers (tested in tests/caching.rs).
-    fn serve_fresh(&self, ctx: &Ctx, entry: &StoredResponse, now: SystemTime) -> Response<Body> {
+    fn serve_fresh(
+        &self,
+        ctx: &Ctx,
+        entry: &StoredResponse,
+        now: SystemTime,
+        age: std::time::Duration,
+    ) -> Response<Body> {
         let cfg = self.cfg();
         if !(ctx.plain
             && ctx.method == Method::GET
@@ -651,7 +665,6 @@ impl Proxy {
         {
             return self.serve_stored(ctx, entry, Outcome::Hit { stale: false }, now);
         }
-        let age = entry.age(now);
         let age_secs = freshness::age_header_secs(age);
         let ttl = freshness::ttl_secs(entry.lifetime, age);
         let res = match entry.rendered.get(cfg.generation, age_secs, ttl) {

@@ -5,6 +5,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -101,7 +103,7 @@ fn connection_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        // The timer is set per connection (`serve`): a `HeadClock`.
         .header_read_timeout(s.header_read_timeout)
         .keep_alive(true)
         // hyper answers 431 when the request head does not fit in this buffer.
@@ -185,43 +187,134 @@ async fn serve<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client = ClientInfo { addr: peer, scheme };
-    let header_read_timeout = proxy.settings().header_read_timeout;
-    let first_request = Arc::new(Notify::new());
-    let started = first_request.clone();
+    let timeout = proxy.settings().header_read_timeout;
+    // Until the first request starts, the connection is on the clock: telling
+    // HTTP/1 from HTTP/2 waits for the client's first bytes, and a client that
+    // sends nothing (or part of the HTTP/2 preface) must not hold it forever.
+    let clock = Arc::new(HeadClock::new(timeout));
+    let mut builder = builder.clone();
+    builder.http1().timer(HeadTimer(clock.clone()));
+    let first = clock.clone();
     let service = service_fn(move |req| {
-        started.notify_one();
+        first.first_request();
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
     });
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    // hyper's header read timeout starts only once the protocol is known,
-    // and telling HTTP/1 from HTTP/2 waits for the client's first bytes:
-    // a client that sends nothing (or part of the HTTP/2 preface) would
-    // hold the connection forever. The first request must start in time.
-    let ended = tokio::select! {
-        result = conn.as_mut() => Some(result),
-        () = first_request.notified() => None,
-        () = tokio::time::sleep(header_read_timeout) => {
-            debug!(%peer, "no request within the header read timeout: closing");
-            return;
-        }
-    };
-    let result = match ended {
-        Some(result) => result,
-        None => {
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = stopped(&mut stop) => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+    // Checked a few times per timeout: a head (or the first request) that takes
+    // longer than the timeout closes the connection within 1.25 × the timeout.
+    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(5)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            () = stopped(&mut stop), if !draining => {
+                // Finish the request in flight, then close.
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            _ = tick.tick() => {
+                if clock.expired() {
+                    debug!(%peer, "request head not received within the header read timeout: closing");
+                    return;
                 }
             }
         }
     };
     if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The header read timeout of one connection, as hyper's HTTP/1 timer: hyper asks
+/// for a sleep when it starts reading a request head and drops it once the head is
+/// parsed, so the clock is armed exactly while a head is awaited (the keep-alive
+/// wait included). The sleep itself never wakes anyone: `serve` checks the clock
+/// a few times per timeout and closes the connection when it ran out. That costs
+/// two atomic stores per request instead of a timer registration and removal.
+struct HeadClock {
+    base: std::time::Instant,
+    /// Deadline in nanoseconds since `base`; 0 when no head is awaited.
+    deadline: AtomicU64,
+    first_seen: AtomicBool,
+}
+
+impl HeadClock {
+    fn new(timeout: Duration) -> HeadClock {
+        let clock = HeadClock {
+            base: std::time::Instant::now(),
+            deadline: AtomicU64::new(0),
+            first_seen: AtomicBool::new(false),
+        };
+        clock.arm(clock.base + timeout);
+        clock
+    }
+
+    fn arm(&self, deadline: std::time::Instant) {
+        let nanos = deadline.saturating_duration_since(self.base).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
+        self.deadline.store(nanos, Ordering::Relaxed);
+    }
+
+    fn disarm(&self) {
+        self.deadline.store(0, Ordering::Relaxed);
+    }
+
+    /// The first request started (an HTTP/2 connection's only signal).
+    fn first_request(&self) {
+        if !self.first_seen.load(Ordering::Relaxed) {
+            self.first_seen.store(true, Ordering::Relaxed);
+            self.disarm();
+        }
+    }
+
+    fn expired(&self) -> bool {
+        let deadline = self.deadline.load(Ordering::Relaxed);
+        deadline != 0 && self.base.elapsed().as_nanos() >= u128::from(deadline)
+    }
+}
+
+/// hyper's view of a [`HeadClock`].
+struct HeadTimer(Arc<HeadClock>);
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.0.arm(deadline);
+        Box::pin(HeadSleep(self.0.clone()))
+    }
+
+    fn reset(&self, _sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
+        self.0.arm(new_deadline);
+    }
+}
+
+/// A head being awaited: the clock runs until hyper drops this.
+struct HeadSleep(Arc<HeadClock>);
+
+impl std::future::Future for HeadSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Nothing to wake: `serve` watches the clock and closes the connection.
+        if self.0.expired() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+impl hyper::rt::Sleep for HeadSleep {}
+
+impl Drop for HeadSleep {
+    fn drop(&mut self) {
+        self.0.disarm();
     }
 }
 

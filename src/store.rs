@@ -248,7 +248,7 @@ impl Store {
         let Some(entry) = self.cache.get(&key.digest) else {
             return Lookup::Miss;
         };
-        if entry.full_key != key.full {
+        if *entry.full_key != *key.full {
             return Lookup::Miss; // digest collision: never serve another URL's content
         }
         match entry
@@ -293,7 +293,7 @@ impl Store {
             }];
             if let Some(old) = existing {
                 let old = old.into_value();
-                if old.full_key == key.full {
+                if *old.full_key == *key.full {
                     variants.extend(
                         old.variants
                             .iter()
@@ -315,7 +315,7 @@ impl Store {
                 variants.remove(lru);
             }
             let entry = KeyEntry {
-                full_key: key.full.clone(),
+                full_key: key.full.as_str().into(),
                 variants,
             };
             count_tags(&self.tag_counts, &entry, true);
@@ -327,7 +327,7 @@ impl Store {
     pub fn variants(&self, key: &CacheKey) -> usize {
         self.cache
             .get(&key.digest)
-            .filter(|e| e.full_key == key.full)
+            .filter(|e| *e.full_key == *key.full)
             .map_or(0, |e| e.variants.len())
     }
 

@@ -62,11 +62,17 @@ impl VaryRules {
                 (Some(only), None) => Some(only),
                 _ => None,
             };
-            // A value the normalizer produces maps to itself: nothing to do.
-            if *normalizer == Normalizer::Encoding
-                && only.is_some_and(|v| ENCODINGS.contains(&v.as_bytes()))
-            {
-                continue;
+            if *normalizer == Normalizer::Encoding {
+                match (only, headers.contains_key(name)) {
+                    // A value the normalizer produces maps to itself: nothing to do.
+                    (Some(v), _) if ENCODINGS.contains(&v.as_bytes()) => continue,
+                    // No field: only the identity coding is acceptable to us.
+                    (None, false) => {
+                        headers.insert(name.clone(), HeaderValue::from_static("identity"));
+                        continue;
+                    }
+                    _ => {}
+                }
             }
             let value = normalize(normalizer, headers, name);
             if only.is_some_and(|v| v.as_bytes() == value.as_bytes()) {

@@ -157,6 +157,22 @@ async fn slow_and_silent_clients_are_cut_off() {
         );
     }
     assert_eq!(origin.hits(), 0);
+    // On a kept-alive connection: one request served, then a head that never ends.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /kept HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "a slow second head keeps the connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(raw_status(&answer), Some(200), "{answer:?}");
+    assert!(
+        answer.ends_with("fine"),
+        "only the first was answered: {answer:?}"
+    );
+    assert_eq!(origin.hits(), 1);
     still_serves(&proxy).await;
 }
 
