@@ -175,10 +175,7 @@ pub fn normalize_host<'a>(host: &'a str, scheme: &str) -> std::borrow::Cow<'a, s
     // port. One pass over the bytes (no substring search).
     let default_suffix = if scheme == "https" { ":443" } else { ":80" };
     let b = host.as_bytes();
-    let clean = b
-        .iter()
-        .enumerate()
-        .all(|(i, c)| !(c.is_ascii_uppercase() || *c == b'.' && b.get(i + 1) == Some(&b':')));
+    let clean = !b.iter().any(u8::is_ascii_uppercase) && !b.windows(2).any(|w| w == b".:");
     if clean && !host.ends_with('.') && !host.ends_with(default_suffix) && !host.ends_with(':') {
         return std::borrow::Cow::Borrowed(host);
     }

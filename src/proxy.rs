@@ -291,11 +291,21 @@ impl Proxy {
             self.metrics.request("rejected");
             return plain(StatusCode::URI_TOO_LONG, "414 URI Too Long\n");
         }
+        // One pass over the request's fields for what the checks below need.
         let mut head_bytes = 0;
         let mut as_stored = true;
+        let (mut hosts, mut with_body, mut strip) = (0, false, false);
         for (n, v) in req.headers() {
             head_bytes += n.as_str().len() + v.len() + 4;
             as_stored &= !conditional::shapes_answer(n);
+            if n == HOST {
+                hosts += 1;
+            } else if n == TRANSFER_ENCODING {
+                with_body = true;
+            } else if n == CONTENT_LENGTH {
+                with_body |= v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) > Some(0);
+            }
+            strip |= s.strip_request_headers.contains(n);
         }
         if head_bytes + uri_len > s.max_header_bytes {
             self.metrics.request("rejected");
@@ -306,7 +316,7 @@ impl Proxy {
         }
 
         // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host line.
-        if req.version() == Version::HTTP_11 && req.headers().get_all(HOST).iter().count() != 1 {
+        if req.version() == Version::HTTP_11 && hosts != 1 {
             return plain(
                 StatusCode::BAD_REQUEST,
                 "400 Bad Request: exactly one Host header is required\n",
@@ -324,11 +334,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // Poisoning vectors go before anything (key, origin) can see them. A request
         // has few headers: look for the listed names among them (no hashing per name).
-        if parts
-            .headers
-            .keys()
-            .any(|k| s.strip_request_headers.contains(k))
-        {
+        if strip {
             for name in &s.strip_request_headers {
                 parts.headers.remove(name);
             }
@@ -349,8 +355,7 @@ impl Proxy {
         // Usually already normal: no second copy.
         let host_normalized = (*host_norm != *host).then(|| host_norm.to_string());
         let rule = s.key_rules.rule_for(&host_norm, parts.uri.path());
-        let cacheable = (parts.method == Method::GET || parts.method == Method::HEAD)
-            && !has_body(&parts.headers);
+        let cacheable = (parts.method == Method::GET || parts.method == Method::HEAD) && !with_body;
         if cacheable {
             rule.vary.normalize_request(&mut parts.headers);
         }
@@ -850,10 +855,6 @@ impl Proxy {
             }
         }
     }
-}
-
-fn has_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(TRANSFER_ENCODING) || content_length(headers).is_some_and(|n| n > 0)
 }
 
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
