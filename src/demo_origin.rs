@@ -268,6 +268,7 @@ pub async fn start_fixed(
     listen: SocketAddr,
     size: usize,
     cache_control: &str,
+    surrogate_key: Option<&str>,
 ) -> io::Result<DemoOrigin> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
@@ -278,6 +279,10 @@ pub async fn start_fixed(
     );
     let cc = HeaderValue::from_str(cache_control)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let keys = surrogate_key
+        .map(HeaderValue::from_str)
+        .transpose()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stats = Arc::new(Mutex::new(Stats::default()));
     let task = tokio::spawn(async move {
         loop {
@@ -286,7 +291,7 @@ pub async fn start_fixed(
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (body, cc) = (body.clone(), cc.clone());
+            let (body, cc, keys) = (body.clone(), cc.clone(), keys.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |_req: Request<Incoming>| {
                     let mut res = Response::new(http_body_util::Full::new(body.clone()));
@@ -294,6 +299,9 @@ pub async fn start_fixed(
                         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                     res.headers_mut()
                         .insert(http::header::CACHE_CONTROL, cc.clone());
+                    if let Some(keys) = &keys {
+                        res.headers_mut().insert("surrogate-key", keys.clone());
+                    }
                     async move { Ok::<_, Infallible>(res) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())

@@ -52,6 +52,9 @@ enum Command {
         /// Cache-Control of the fixed responses.
         #[arg(long, default_value = "max-age=3600")]
         fixed_cache_control: String,
+        /// Surrogate-Key of the fixed responses (tags, for purge benchmarks).
+        #[arg(long)]
+        fixed_surrogate_key: Option<String>,
         /// Runtime worker threads, as `server.threads` (0: one per core; 1: a
         /// single-threaded runtime, the flavour the load benchmark pins to a core).
         #[arg(long, default_value_t = 0)]
@@ -192,14 +195,20 @@ fn main() -> ExitCode {
             listen,
             fixed_size,
             fixed_cache_control,
+            fixed_surrogate_key,
             threads,
         } => {
             init_logging(lacquer::config::LogFormat::Text, "info");
             run_with(threads, async move {
                 let origin = match fixed_size {
                     Some(size) => {
-                        lacquer::demo_origin::start_fixed(listen, size, &fixed_cache_control)
-                            .await?
+                        lacquer::demo_origin::start_fixed(
+                            listen,
+                            size,
+                            &fixed_cache_control,
+                            fixed_surrogate_key.as_deref(),
+                        )
+                        .await?
                     }
                     None => lacquer::demo_origin::start(listen).await?,
                 };

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
 use moka::sync::Cache;
 
@@ -84,6 +84,31 @@ impl RenderedHead {
             headers,
         })));
     }
+}
+
+/// The stored copy of a response's header fields: all values copied into one
+/// buffer of exactly their size. Values as hyper parses them are slices of the
+/// connection's read buffer (8 KiB or more), so keeping them would keep that whole
+/// buffer alive for as long as the entry lives, and memory would far exceed what
+/// the store's weights account for.
+pub fn compact_headers(headers: &HeaderMap) -> HeaderMap {
+    let total: usize = headers.iter().map(|(_, v)| v.len()).sum();
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for (_, v) in headers {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    let mut out = HeaderMap::with_capacity(headers.keys_len());
+    let mut at = 0;
+    for (name, v) in headers {
+        let end = at + v.len();
+        let mut value =
+            HeaderValue::from_maybe_shared(buf.slice(at..end)).unwrap_or_else(|_| v.clone());
+        value.set_sensitive(v.is_sensitive());
+        out.append(name.clone(), value);
+        at = end;
+    }
+    out
 }
 
 /// A clone is a different entry (a soft-purged copy, an updated head): it starts
@@ -278,6 +303,7 @@ impl Store {
     /// A response whose fetch started before a hard purge covering it is not stored
     /// (the in-flight race); before a soft purge, it is stored already stale.
     pub fn insert(&self, key: &CacheKey, mut response: StoredResponse) {
+        response.headers = compact_headers(&response.headers);
         match self.judge(&key.full, key.digest, &response, true) {
             Validity::Valid => {}
             Validity::SoftPurged => response.lifetime = Duration::ZERO,
@@ -474,6 +500,34 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_headers_do_not_keep_the_read_buffer() {
+        // As hyper parses them: every value a slice of one big read buffer.
+        let mut raw = b"text/plain\0max-age=60\0a\0b".to_vec();
+        raw.resize(8192, 0);
+        let buffer = Bytes::from(raw);
+        let slice =
+            |a: usize, b: usize| HeaderValue::from_maybe_shared(buffer.slice(a..b)).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("content-type", slice(0, 10));
+        h.insert("cache-control", slice(11, 21));
+        h.append("x-list", slice(22, 23));
+        h.append("x-list", slice(24, 25));
+        let mut secret = slice(22, 23);
+        secret.set_sensitive(true);
+        h.insert("x-secret", secret);
+        let c = compact_headers(&h);
+        assert_eq!(c, h, "same fields, values and order");
+        assert!(c["x-secret"].is_sensitive());
+        let range = buffer.as_ptr_range();
+        for (_, v) in &c {
+            assert!(
+                !range.contains(&v.as_bytes().as_ptr()),
+                "a value still points into the read buffer"
+            );
+        }
+    }
     use crate::key::{primary_key, KeyRule};
     use crate::purge::Purge;
     use http::header::{HeaderName, HeaderValue};

@@ -3,21 +3,31 @@
 # bare hyper server returning the same bytes from memory as the ceiling.
 #
 #   bash benches/load/run.sh            # ROUNDS=3 DURATION=10 by default
-#   ROUNDS=1 DURATION=5 bash benches/load/run.sh
+#   ROUNDS=1 DURATION=5 WS_OBJECTS=10000 MEM_ENTRIES=100000 bash benches/load/run.sh
 #
 # On a fresh Debian machine it installs wrk, nginx and varnish (apt-get), builds
 # Lacquer in release mode, and runs every server pinned to CPU 0 with wrk pinned to
 # CPU 1 (-t1 -c64, HTTP/1.1 keep-alive, one hot object). Targets are interleaved
 # over the rounds and medians reported, as ratios to nginx and to the ceiling,
-# measured in the same run. The table goes to stdout and benches/load/results.md.
+# measured in the same run. Then, in the same way:
+#   (a) a working set of WS_OBJECTS distinct 1 KiB objects requested uniformly;
+#   (b) 200 clients on a cold object behind a 200 ms origin (cargo bench cold_burst);
+#   (c) memory: RSS after storing MEM_ENTRIES small objects, per entry beyond key,
+#       headers and body;
+#   (d) purge: time to purge a tag carried by 10 and by MEM_ENTRIES entries, and hit
+#       p99 with and without a purge storm.
+# The tables go to stdout and benches/load/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
+WS_OBJECTS=${WS_OBJECTS:-100000}
+MEM_ENTRIES=${MEM_ENTRIES:-1000000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+LUA=$PWD/benches/load
 WORK=$(mktemp -d /tmp/lacquer-load.XXXXXX)
 chmod 755 "$WORK" # nginx's worker runs unprivileged
 OUT=benches/load/results.md
@@ -51,12 +61,13 @@ wait_port() { # port
   return 1
 }
 
-ORIGIN=18100; CEILING=18101; LACQUER=18102; NGINX=18103; VARNISH=18104
+ORIGIN=18100; CEILING=18101; LACQUER=18102; NGINX=18103; VARNISH=18104; SMALL=18105
 
 start_all() { # body size
   local size=$1
   taskset -c "$CLIENT_CPU" "$BIN" origin --listen 127.0.0.1:$ORIGIN --fixed-size "$size" >/dev/null 2>&1 & PIDS+=($!)
-  taskset -c "$SERVER_CPU" "$BIN" origin --listen 127.0.0.1:$CEILING --fixed-size "$size" >/dev/null 2>&1 & PIDS+=($!)
+  # The ceiling runs on the runtime flavour Lacquer runs on here (one thread).
+  taskset -c "$SERVER_CPU" "$BIN" origin --listen 127.0.0.1:$CEILING --fixed-size "$size" --threads 1 >/dev/null 2>&1 & PIDS+=($!)
   cat > "$WORK/lacquer.toml" <<EOF
 [server]
 listen = "127.0.0.1:$LACQUER"
@@ -107,9 +118,9 @@ EOF
   expect_hit $VARNISH '^x-varnish: [0-9]+ [0-9]+' varnish
 }
 
-expect_hit() { # port header-regex name: a few tries while the cache warms up
+expect_hit() { # port header-regex name [path]: a few tries while the cache warms up
   for _ in $(seq 1 20); do
-    curl -sfi "http://127.0.0.1:$1/obj" | grep -qiE "$2" && return 0
+    curl -sfi "http://127.0.0.1:$1${4:-/obj}" | grep -qiE "$2" && return 0
     sleep 0.1
   done
   echo "$3: no cache hit after warm-up" >&2
@@ -127,8 +138,13 @@ stop_all() {
 }
 
 # wrk output → "rps p50_us p99_us"
-measure() { # port
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/obj" |
+measure() { # port [path [lua-script [script args...]]]
+  local port=$1 path=${2:-/obj} script=()
+  shift
+  [ $# -gt 0 ] && shift
+  if [ $# -gt 0 ]; then script=(-s "$1"); shift; fi
+  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${script[@]}" \
+    "http://127.0.0.1:$port$path" -- "$@" |
     awk '
       function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v+0 }
       /Requests\/sec/ { rps=$2 }
@@ -138,7 +154,12 @@ measure() { # port
       END { if (bad) rps=0; printf "%d %d %d\n", rps, p50, p99 }'
 }
 
+fill() { # port prefix count: request each object once
+  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d600s -s "$LUA/fill.lua" "http://127.0.0.1:$1/" -- "$2" "$3" >/dev/null
+}
+
 median() { sort -n | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
+med() { echo "$1" | tr ' ' '\n' | grep . | median; }
 
 declare -A RPS P50 P99
 TARGETS="ceiling lacquer nginx varnish"
@@ -153,8 +174,100 @@ for size in 1024 65536; do
       echo "size=$size round=$r $t: $rps req/s p50=${p50}us p99=${p99}us" >&2
     done
   done
+  if [ $size = 1024 ]; then
+    # (a) The working set: every cache first stores all objects, then each is
+    # requested uniformly at random (lookups across the whole store).
+    for t in lacquer nginx varnish; do
+      fill "$(port_of $t)" /ws/ "$WS_OBJECTS"
+    done
+    expect_hit $LACQUER '^cache-status: lacquer; hit' lacquer /ws/$((WS_OBJECTS / 2))
+    expect_hit $NGINX '^x-cache: HIT' nginx /ws/$((WS_OBJECTS / 2))
+    expect_hit $VARNISH '^x-varnish: [0-9]+ [0-9]+' varnish /ws/$((WS_OBJECTS / 2))
+    for r in $(seq 1 "$ROUNDS"); do
+      for t in $TARGETS; do
+        read -r rps p50 p99 < <(measure "$(port_of $t)" / "$LUA/uniform.lua" /ws/ "$WS_OBJECTS")
+        RPS[$t,ws]+="$rps "; P50[$t,ws]+="$p50 "; P99[$t,ws]+="$p99 "
+        echo "working set round=$r $t: $rps req/s p50=${p50}us p99=${p99}us" >&2
+      done
+    done
+  fi
   stop_all
 done
+
+# (c) and (d): a Lacquer storing MEM_ENTRIES small tagged objects, and a second one
+# storing 10 of them.
+echo "secret-for-the-load-benchmark" > "$WORK/token"
+purge_config() { # port
+  cat <<EOF
+[server]
+listen = "127.0.0.1:$1"
+threads = 1
+[cache]
+max_size = "16 GiB"
+[log]
+access = false
+level = "warn"
+[[admin.tokens]]
+name = "bench"
+file = "$WORK/token"
+operations = ["tag"]
+[[origins]]
+url = "http://127.0.0.1:$ORIGIN"
+EOF
+}
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+purge_ms() { # port tag → "milliseconds entries"
+  local ms n
+  ms=$(curl -s -o "$WORK/purge.json" -w '%{time_total}' -X POST "http://127.0.0.1:$1/.lacquer/purge" \
+    -H "Authorization: Bearer $(cat "$WORK/token")" -H 'Content-Type: application/json' \
+    -d "{\"tags\":[\"$2\"]}")
+  n=$(grep -oE "\"$2\": *[0-9]+" "$WORK/purge.json" | grep -oE '[0-9]+$' || echo "?")
+  awk -v s="$ms" -v n="$n" 'BEGIN { printf "%.2f %s\n", s * 1000, n }'
+}
+taskset -c "$CLIENT_CPU" "$BIN" origin --listen 127.0.0.1:$ORIGIN --fixed-size 16 \
+  --fixed-surrogate-key "campaign:all" >/dev/null 2>&1 & PIDS+=($!)
+purge_config $LACQUER > "$WORK/mem.toml"
+taskset -c "$SERVER_CPU" "$BIN" serve --config "$WORK/mem.toml" >/dev/null 2>&1 & LPID=$!; PIDS+=($LPID)
+purge_config $SMALL > "$WORK/small.toml"
+taskset -c "$SERVER_CPU" "$BIN" serve --config "$WORK/small.toml" >/dev/null 2>&1 & PIDS+=($!)
+for p in $ORIGIN $LACQUER $SMALL; do wait_port $p; done
+expect_hit $LACQUER '^cache-status: lacquer; hit' lacquer /warm
+RSS0=$(rss_kib $LPID)
+fill $LACQUER /m/ "$MEM_ENTRIES"
+ENTRIES=$(curl -s "http://127.0.0.1:$LACQUER/.lacquer/metrics" | awk '$1 == "lacquer_entries" { print $2 }')
+RSS1=$(rss_kib $LPID)
+# What an entry must hold: its key (http://127.0.0.1:PORT/m/N, N of the typical
+# length), its stored header fields (names and values) and its body.
+KEY_BYTES=$(( 17 + ${#LACQUER} + 3 + ${#MEM_ENTRIES} - 1 ))
+HEADER_BYTES=$(curl -s -D - -o /dev/null "http://127.0.0.1:$ORIGIN/m/1" | tr -d '\r' |
+  awk -F': ' 'NR > 1 && NF >= 2 { n += length($1) + length($2) } END { print n }')
+PAYLOAD=$((KEY_BYTES + HEADER_BYTES + 16))
+# (d) Hit p99 of a stored object with and without a purge storm (purges of other
+# tags: 2 connections, one purge a millisecond each), interleaved.
+STORM_RATES=""
+for r in $(seq 1 "$ROUNDS"); do
+  read -r rps p50 p99 < <(measure $LACQUER /m/1)
+  P99[quiet]+="$p99 "
+  taskset -c "$CLIENT_CPU" wrk -t1 -c2 -d"$((DURATION + 2))s" -s "$LUA/purge.lua" \
+    "http://127.0.0.1:$LACQUER" -- "$(cat "$WORK/token")" > "$WORK/storm.txt" & STORM=$!
+  sleep 1
+  read -r rps p50 p99s < <(measure $LACQUER /m/1)
+  P99[storm]+="$p99s "
+  wait $STORM
+  rate=$(awk '/Requests\/sec/ { printf "%d", $2 }' "$WORK/storm.txt")
+  STORM_RATES+="$rate "
+  echo "purge storm round=$r: quiet p99 ${p99}us, storm p99 ${p99s}us at $rate purges/s" >&2
+done
+fill $SMALL /s/ 10
+read -r PURGE_SMALL_MS PURGE_SMALL_N < <(purge_ms $SMALL campaign:all)
+read -r PURGE_BIG_MS PURGE_BIG_N < <(purge_ms $LACQUER campaign:all)
+stop_all
+
+# (b) The cold burst, in process against a real origin (cargo bench --bench cold_burst).
+BURST=""
+if [ "${BURST_BENCH:-1}" = 1 ]; then
+  BURST=$(cargo bench --locked --bench cold_burst 2>/dev/null | grep '^|' || true)
+fi
 
 {
   echo "## Cache-hit load benchmark"
@@ -166,15 +279,51 @@ done
   echo "| server | body | hits/s | p50 | p99 | × nginx | × ceiling |"
   echo "|---|---|---|---|---|---|---|"
   for size in 1024 65536; do
-    nginx_rps=$(echo ${RPS[nginx,$size]} | tr ' ' '\n' | grep . | median)
-    ceil_rps=$(echo ${RPS[ceiling,$size]} | tr ' ' '\n' | grep . | median)
+    nginx_rps=$(med "${RPS[nginx,$size]}")
+    ceil_rps=$(med "${RPS[ceiling,$size]}")
     for t in $TARGETS; do
-      rps=$(echo ${RPS[$t,$size]} | tr ' ' '\n' | grep . | median)
-      p50=$(echo ${P50[$t,$size]} | tr ' ' '\n' | grep . | median)
-      p99=$(echo ${P99[$t,$size]} | tr ' ' '\n' | grep . | median)
       label=$([ $size = 1024 ] && echo "1 KiB" || echo "64 KiB")
-      awk -v t="$t" -v l="$label" -v r="$rps" -v a="$p50" -v b="$p99" -v n="$nginx_rps" -v c="$ceil_rps" \
+      awk -v t="$t" -v l="$label" -v r="$(med "${RPS[$t,$size]}")" -v a="$(med "${P50[$t,$size]}")" \
+        -v b="$(med "${P99[$t,$size]}")" -v n="$nginx_rps" -v c="$ceil_rps" \
         'BEGIN { printf "| %s | %s | %d | %d µs | %d µs | %.2f | %.2f |\n", t, l, r, a, b, r/n, r/c }'
     done
   done
+  echo
+  echo "### (a) Working set: $WS_OBJECTS distinct 1 KiB objects, requested uniformly at random"
+  echo
+  echo "| server | hits/s | p50 | p99 | × nginx | × ceiling |"
+  echo "|---|---|---|---|---|---|"
+  nginx_rps=$(med "${RPS[nginx,ws]}")
+  ceil_rps=$(med "${RPS[ceiling,ws]}")
+  for t in $TARGETS; do
+    awk -v t="$t" -v r="$(med "${RPS[$t,ws]}")" -v a="$(med "${P50[$t,ws]}")" -v b="$(med "${P99[$t,ws]}")" \
+      -v n="$nginx_rps" -v c="$ceil_rps" \
+      'BEGIN { printf "| %s | %d | %d µs | %d µs | %.2f | %.2f |\n", t, r, a, b, r/n, r/c }'
+  done
+  echo
+  echo "### (b) Cold burst: 200 clients on one cold object behind a 200 ms origin (Lacquer)"
+  echo
+  echo "${BURST:-(cargo bench --bench cold_burst did not run)}"
+  echo
+  echo "### (c) Memory: $ENTRIES stored entries with 16-byte bodies (Lacquer)"
+  echo
+  awk -v r0="$RSS0" -v r1="$RSS1" -v n="$ENTRIES" -v p="$PAYLOAD" -v k="$KEY_BYTES" -v h="$HEADER_BYTES" 'BEGIN {
+    per = (r1 - r0) * 1024 / n
+    print "| RSS before | RSS after | RSS per entry | key + headers + body | overhead per entry |"
+    print "|---|---|---|---|---|"
+    printf "| %.1f MiB | %.1f MiB | %d B | %d B (%d + %d + 16) | %d B |\n", r0/1024, r1/1024, per, p, k, h, per - p
+  }'
+  echo
+  echo "### (d) Purge (Lacquer)"
+  echo
+  echo "| tag carried by | entries the purge reported | purge request, as the client timed it |"
+  echo "|---|---|---|"
+  echo "| 10 entries | $PURGE_SMALL_N | $PURGE_SMALL_MS ms |"
+  echo "| $ENTRIES entries | $PURGE_BIG_N | $PURGE_BIG_MS ms |"
+  echo
+  awk -v q="$(med "${P99[quiet]}")" -v s="$(med "${P99[storm]}")" -v rate="$(med "$STORM_RATES")" 'BEGIN {
+    print "| hits of a stored object, wrk -t1 -c64 | p99 |"
+    print "|---|---|"
+    printf "| no purges | %d µs |\n| during a purge storm (%d purges/s of other tags) | %d µs (%.2f ×) |\n", q, rate, s, s/q
+  }'
 } | tee "$OUT"
