@@ -85,6 +85,85 @@ fn live_bytes() -> u64 {
     LIVE.load(Ordering::Relaxed)
 }
 
+/// The header fields of the load benchmark's small objects, as stored.
+fn typical_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "text/plain".parse().unwrap());
+    h.insert("cache-control", "max-age=3600".parse().unwrap());
+    h.insert("surrogate-key", "campaign:all".parse().unwrap());
+    h.insert("content-length", "16".parse().unwrap());
+    h.insert("date", "Sun, 22 Nov 2026 14:30:00 GMT".parse().unwrap());
+    h
+}
+
+/// Where the memory of an entry goes: live heap bytes for 100,000 entries like the
+/// load benchmark's (5 header fields, a 16-byte body, one tag), split into what we
+/// can measure alone; the rest is the store's own structures (moka's entry, its
+/// deques and hash table, `KeyEntry`, the variant slot).
+fn memory_breakdown() {
+    const N: usize = 100_000;
+    let headers = typical_headers();
+    let payload_headers: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    let tag: Arc<str> = Arc::from("campaign:all");
+    let rule = KeyRule::default();
+
+    let base = live_bytes();
+    let store = Store::new(16 << 30, 4);
+    let mut key_bytes = 0;
+    for i in 0..N {
+        let key = primary_key(
+            &rule,
+            "http",
+            "127.0.0.1:18102",
+            &format!("/m/{i}"),
+            &HeaderMap::new(),
+        );
+        key_bytes += key.full.len();
+        let mut e = entry(std::slice::from_ref(&tag), store.generation());
+        e.headers = headers.clone();
+        e.body = Bytes::copy_from_slice(b"0123456789abcdef");
+        store.insert(&key, e);
+    }
+    store.len();
+    let total = live_bytes().saturating_sub(base) as usize / N;
+    drop(store);
+
+    let base = live_bytes();
+    let maps: Vec<HeaderMap> = (0..N)
+        .map(|_| lacquer::store::compact_headers(&headers))
+        .collect();
+    let header_heap =
+        live_bytes().saturating_sub(base) as usize / N - std::mem::size_of::<HeaderMap>();
+    drop(maps);
+
+    let key = key_bytes / N;
+    let stored = std::mem::size_of::<StoredResponse>() + 16; // in an Arc
+    let body = 16 + 32; // the bytes, and the shared handle of a frozen buffer
+    let rest = total.saturating_sub(stored + header_heap + key + body);
+    println!("\n## Memory per stored entry (100,000 entries: 5 header fields, 16-byte body, 1 tag; live heap bytes)\n");
+    println!("| part | bytes per entry |");
+    println!("|---|---|");
+    println!("| all of it | {total} |");
+    println!(
+        "| key + header names and values + body (the payload) | {} |",
+        key + payload_headers + 16
+    );
+    println!(
+        "| overhead beyond the payload | {} |",
+        total.saturating_sub(key + payload_headers + 16)
+    );
+    println!("| of which `StoredResponse` (in its `Arc`) | {stored} |");
+    println!(
+        "| of which the `HeaderMap`'s tables and the value buffer | {} |",
+        header_heap.saturating_sub(payload_headers)
+    );
+    println!("| of which the body's buffer handle | 32 |");
+    println!("| of which the store's structures (moka entry, deques, table; `KeyEntry`, slot, tags) | {rest} |");
+}
+
 fn purge_time(n: usize) -> Duration {
     let store = Store::new(4 << 30, 4);
     fill(&store, n, true);
@@ -150,6 +229,8 @@ fn main() {
         with_tags.saturating_sub(untagged) / 100_000
     );
     drop(tagged);
+
+    memory_breakdown();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

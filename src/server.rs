@@ -319,23 +319,50 @@ impl Drop for HeadSleep {
 }
 
 /// Reclaims the memory of purged entries in the background, once per second when
-/// purges happened (the purge itself only wrote marks).
+/// purges happened (the purge itself only wrote marks). The walk over every entry
+/// runs on a thread of its own at the lowest CPU priority: on a busy core it yields
+/// to the request path (a purge storm must not slow hits down), and purged entries
+/// are already refused by their marks while they wait to be reclaimed.
 async fn sweeper(proxy: Arc<Proxy>) {
+    let (wake, sweeps) = std::sync::mpsc::sync_channel::<()>(1);
+    let p = proxy.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lacquer-sweep".into())
+        .spawn(move || {
+            lowest_priority();
+            // Ends when the sender (this task) is dropped.
+            for () in sweeps {
+                let removed = p.store().sweep();
+                debug!(removed, "purge sweep");
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the sweep thread: purged entries are reclaimed by eviction only");
+        return;
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if proxy.store().needs_sweep() {
-            let p = proxy.clone();
-            let removed = tokio::task::spawn_blocking(move || p.store().sweep())
-                .await
-                .unwrap_or(0);
-            debug!(removed, "purge sweep");
+            // Full: a sweep is still running, and it will see this purge's marks.
+            let _ = wake.try_send(());
         }
     }
 }
 
-/// The dedicated admin listener: only admin routes, at the root (or under `/.lacquer`).
+/// Nice 19 for the calling thread (Linux: priority is per thread).
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread, no pointers involved.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
+            debug!("could not lower the sweep thread's priority");
+        }
+    }
+}
+
 async fn admin_loop(listener: TcpListener, proxy: Arc<Proxy>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {

@@ -154,8 +154,31 @@ measure() { # port [path [lua-script [script args...]]]
       END { if (bad) rps=0; printf "%d %d %d\n", rps, p50, p99 }'
 }
 
-fill() { # port prefix count: request each object once
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d600s -s "$LUA/fill.lua" "http://127.0.0.1:$1/" -- "$2" "$3" >/dev/null
+entries() { # port: the entries a Lacquer reports
+  curl -s "http://127.0.0.1:$1/.lacquer/metrics" | awk '$1 == "lacquer_entries" { print $2 }'
+}
+
+stored() { # target port: how many objects it holds
+  case $1 in
+    lacquer) entries "$2" ;;
+    nginx) find "$NGINX_CACHE" -type f | wc -l ;;
+    varnish) varnishstat -n "$WORK/varnish-1024" -1 -f MAIN.n_object | awk '{ print $2 }' ;;
+  esac
+}
+
+fill() { # target port prefix count: request each object once (wrk idles once done)
+  local budget=$(( $4 / 1000 + 10 )) w e
+  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${budget}s" -s "$LUA/fill.lua" \
+    "http://127.0.0.1:$2/" -- "$3" "$4" >/dev/null & w=$!
+  # Done when the cache holds them all (the warm-up object besides).
+  while kill -0 $w 2>/dev/null; do
+    e=$(stored "$1" "$2")
+    if [ "${e:-0}" -gt "$4" ]; then kill $w 2>/dev/null || true; break; fi
+    sleep 0.5
+  done
+  wait $w 2>/dev/null || true
+  e=$(stored "$1" "$2")
+  [ "${e:-0}" -gt "$4" ] || echo "$1: holds ${e:-0} objects after the fill, not $4 + 1" >&2
 }
 
 median() { sort -n | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
@@ -178,7 +201,7 @@ for size in 1024 65536; do
     # (a) The working set: every cache first stores all objects, then each is
     # requested uniformly at random (lookups across the whole store).
     for t in lacquer nginx varnish; do
-      fill "$(port_of $t)" /ws/ "$WS_OBJECTS"
+      fill $t "$(port_of $t)" /ws/ "$WS_OBJECTS"
     done
     expect_hit $LACQUER '^cache-status: lacquer; hit' lacquer /ws/$((WS_OBJECTS / 2))
     expect_hit $NGINX '^x-cache: HIT' nginx /ws/$((WS_OBJECTS / 2))
@@ -233,8 +256,8 @@ taskset -c "$SERVER_CPU" "$BIN" serve --config "$WORK/small.toml" >/dev/null 2>&
 for p in $ORIGIN $LACQUER $SMALL; do wait_port $p; done
 expect_hit $LACQUER '^cache-status: lacquer; hit' lacquer /warm
 RSS0=$(rss_kib $LPID)
-fill $LACQUER /m/ "$MEM_ENTRIES"
-ENTRIES=$(curl -s "http://127.0.0.1:$LACQUER/.lacquer/metrics" | awk '$1 == "lacquer_entries" { print $2 }')
+fill lacquer $LACQUER /m/ "$MEM_ENTRIES"
+ENTRIES=$(entries $LACQUER)
 RSS1=$(rss_kib $LPID)
 # What an entry must hold: its key (http://127.0.0.1:PORT/m/N, N of the typical
 # length), its stored header fields (names and values) and its body.
@@ -258,7 +281,7 @@ for r in $(seq 1 "$ROUNDS"); do
   STORM_RATES+="$rate "
   echo "purge storm round=$r: quiet p99 ${p99}us, storm p99 ${p99s}us at $rate purges/s" >&2
 done
-fill $SMALL /s/ 10
+fill lacquer $SMALL /s/ 10
 read -r PURGE_SMALL_MS PURGE_SMALL_N < <(purge_ms $SMALL campaign:all)
 read -r PURGE_BIG_MS PURGE_BIG_N < <(purge_ms $LACQUER campaign:all)
 stop_all
