@@ -90,6 +90,44 @@ pub(crate) struct Ctx {
 /// Produces a freshly validated configuration (the binary re-reads its file).
 pub type Reloader = Box<dyn Fn() -> Result<Settings, crate::config::ConfigError> + Send + Sync>;
 
+/// A response now, or a future one (boxed: only requests that need I/O pay for a
+/// future). A future itself, for hyper.
+pub enum Answer {
+    Now(Option<Response<Body>>),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>),
+}
+
+impl Answer {
+    fn now(res: Response<Body>) -> Answer {
+        Answer::Now(Some(res))
+    }
+
+    fn later(fut: impl std::future::Future<Output = Response<Body>> + Send + 'static) -> Answer {
+        Answer::Later(Box::pin(fut))
+    }
+}
+
+impl std::future::Future for Answer {
+    type Output = Response<Body>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Response<Body>> {
+        match self.get_mut() {
+            Answer::Now(res) => match res.take() {
+                Some(res) => std::task::Poll::Ready(res),
+                // Polled again after completion: a caller bug, answered, not a panic.
+                None => std::task::Poll::Ready(plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "500 Internal Server Error\n",
+                )),
+            },
+            Answer::Later(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadReport {
@@ -278,18 +316,28 @@ impl Proxy {
         self.config.load()
     }
 
+    /// Answers a request: `Proxy::respond`, awaited.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         client: ClientInfo,
     ) -> Response<Body> {
-        // Held for the whole request (across awaits): a counted reference, not a guard.
-        let s = &self.settings();
+        self.respond(req, client).await
+    }
+
+    /// Answers a request. Everything that needs no I/O (limits, PURGE, cache hits)
+    /// is decided here, before returning, so that a hit drops the request before
+    /// hyper reads the next one: the request's fields are slices of the connection's
+    /// read buffer, and while one is alive hyper cannot reuse that buffer in place
+    /// (it allocates a new one). What needs the origin or the admin API is a boxed
+    /// future.
+    pub fn respond(self: &Arc<Self>, req: Request<Incoming>, client: ClientInfo) -> Answer {
+        let s = &self.cfg();
         let started = std::time::Instant::now();
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > s.max_uri_bytes {
             self.metrics.request("rejected");
-            return plain(StatusCode::URI_TOO_LONG, "414 URI Too Long\n");
+            return Answer::now(plain(StatusCode::URI_TOO_LONG, "414 URI Too Long\n"));
         }
         // One pass over the request's fields for what the checks below need.
         let mut head_bytes = 0;
@@ -309,25 +357,26 @@ impl Proxy {
         }
         if head_bytes + uri_len > s.max_header_bytes {
             self.metrics.request("rejected");
-            return plain(
+            return Answer::now(plain(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "431 Request Header Fields Too Large\n",
-            );
+            ));
         }
 
         // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host line.
         if req.version() == Version::HTTP_11 && hosts != 1 {
-            return plain(
+            return Answer::now(plain(
                 StatusCode::BAD_REQUEST,
                 "400 Bad Request: exactly one Host header is required\n",
-            );
+            ));
         }
 
         // The admin API on the client listener, unless it has a listener of its own.
         if s.admin.listen.is_none() {
             if let Some(rest) = req.uri().path().strip_prefix("/.lacquer") {
                 let rest = rest.to_string();
-                return Box::pin(self.admin(req, client, &rest)).await;
+                let this = self.clone();
+                return Answer::later(async move { this.admin(req, client, &rest).await });
             }
         }
 
@@ -378,30 +427,54 @@ impl Proxy {
         };
         if ctx.method.as_str() == "PURGE" {
             // Never forwarded: answered here, with a token (admin.rs).
-            return self.purge_method(
+            return Answer::now(self.purge_method(
                 &ctx.headers,
                 &ctx.uri,
                 ctx.host_norm(),
                 &ctx.key,
                 &ctx.client,
-            );
+            ));
         }
-        let mut res = if cacheable {
-            self.cached(&ctx).await
-        } else {
-            Box::pin(self.pass(&ctx, body)).await
-        };
-        if s.debug_headers {
+        let this = self.clone();
+        if !cacheable {
+            return Answer::later(async move {
+                let res = this.pass(&ctx, body).await;
+                this.done(&ctx, res, started)
+            });
+        }
+        match self.cached(&ctx) {
+            Ok(res) => Answer::now(self.done(&ctx, res, started)),
+            Err((stale, fwd)) => Answer::later(async move {
+                let res = this.fetch(&ctx, stale, fwd).await;
+                this.done(&ctx, res, started)
+            }),
+        }
+    }
+
+    /// The last touches of every proxied response: debug headers, the access log.
+    fn done(
+        &self,
+        ctx: &Ctx,
+        mut res: Response<Body>,
+        started: std::time::Instant,
+    ) -> Response<Body> {
+        let cfg = self.cfg();
+        if cfg.debug_headers {
             debug_headers(&mut res, &ctx.key);
         }
-        if s.access_log {
-            access_log(&ctx, &res, started);
+        if cfg.access_log {
+            access_log(ctx, &res, started);
         }
         res
     }
 
-    /// GET and HEAD: serve from the store, or go forward and maybe store.
-    async fn cached(self: &Arc<Self>, ctx: &Ctx) -> Response<Body> {
+    /// GET and HEAD: the answer from the store when there is one (or a 504 for
+    /// only-if-cached); otherwise what going forward needs: the stored response to
+    /// validate, if any, and why.
+    fn cached(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+    ) -> Result<Response<Body>, (Option<Arc<StoredResponse>>, Fwd)> {
         let now = SystemTime::now();
         let found = match self.store.lookup(&ctx.key, &ctx.headers) {
             Lookup::Hit(entry) => Ok(entry),
@@ -425,10 +498,15 @@ impl Proxy {
                 ) {
                     Reuse::Fresh => {
                         self.maybe_refresh_early(ctx, &entry, age);
-                        return self.serve_fresh(ctx, &entry, now, age);
+                        return Ok(self.serve_fresh(ctx, &entry, now, age));
                     }
                     Reuse::StaleAccepted => {
-                        return self.serve_stored(ctx, &entry, Outcome::Hit { stale: true }, now)
+                        return Ok(self.serve_stored(
+                            ctx,
+                            &entry,
+                            Outcome::Hit { stale: true },
+                            now,
+                        ))
                     }
                     Reuse::Validate(ValidateReason::Stale)
                         if !ctx.req_dirs.only_if_cached
@@ -443,7 +521,12 @@ impl Proxy {
                     {
                         // RFC 5861 §3: serve stale now, revalidate once in the background.
                         self.background_revalidate(ctx, entry.clone());
-                        return self.serve_stored(ctx, &entry, Outcome::StaleWhileRevalidate, now);
+                        return Ok(self.serve_stored(
+                            ctx,
+                            &entry,
+                            Outcome::StaleWhileRevalidate,
+                            now,
+                        ));
                     }
                     Reuse::Validate(ValidateReason::Request) => (Some(entry), Fwd::Request),
                     Reuse::Validate(_) => (Some(entry), Fwd::Stale),
@@ -457,10 +540,9 @@ impl Proxy {
                 StatusCode::GATEWAY_TIMEOUT,
                 "504 Gateway Timeout: not in cache (only-if-cached)\n",
             );
-            return self.finish(res, &Outcome::OnlyIfCached, None);
+            return Ok(self.finish(res, &Outcome::OnlyIfCached, None));
         }
-        // Boxed: the hit path's future stays small (hyper moves it on every request).
-        Box::pin(self.fetch(ctx, stale, fwd)).await
+        Err((stale, fwd))
     }
 
     /// Early refresh: during the last `early_refresh` of an entry's freshness, a hit

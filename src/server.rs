@@ -197,8 +197,9 @@ async fn serve<IO>(
     let first = clock.clone();
     let service = service_fn(move |req| {
         first.first_request();
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+        // Hits are answered inside `respond`, before this returns (see there).
+        let answer = proxy.respond(req, client);
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
