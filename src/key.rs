@@ -170,12 +170,19 @@ impl KeyRules {
 
 /// Normalizes a host: lowercase, trailing dot removed, default port removed.
 pub fn normalize_host<'a>(host: &'a str, scheme: &str) -> std::borrow::Cow<'a, str> {
-    let host = host.trim();
+    let host = host.trim_ascii();
     // Fast path (the common case): already lowercase, no trailing dot, no default
     // port. One pass over the bytes (no substring search).
     let default_suffix = if scheme == "https" { ":443" } else { ":80" };
-    let b = host.as_bytes();
-    let clean = !b.iter().any(u8::is_ascii_uppercase) && !b.windows(2).any(|w| w == b".:");
+    let mut clean = true;
+    let mut prev = 0u8;
+    for &c in host.as_bytes() {
+        if c.is_ascii_uppercase() || (prev == b'.' && c == b':') {
+            clean = false;
+            break;
+        }
+        prev = c;
+    }
     if clean && !host.ends_with('.') && !host.ends_with(default_suffix) && !host.ends_with(':') {
         return std::borrow::Cow::Borrowed(host);
     }

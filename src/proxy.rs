@@ -333,7 +333,8 @@ impl Proxy {
     /// future.
     pub fn respond(self: &Arc<Self>, req: Request<Incoming>, client: ClientInfo) -> Answer {
         let s = &self.cfg();
-        let started = std::time::Instant::now();
+        // Only the access log reads the clock for a request's duration.
+        let started = s.access_log.then(std::time::Instant::now);
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > s.max_uri_bytes {
             self.metrics.request("rejected");
@@ -343,11 +344,15 @@ impl Proxy {
         let mut head_bytes = 0;
         let mut as_stored = true;
         let (mut hosts, mut with_body, mut strip) = (0, false, false);
+        let mut host_field = None;
         for (n, v) in req.headers() {
             head_bytes += n.as_str().len() + v.len() + 4;
             as_stored &= !conditional::shapes_answer(n);
             if n == HOST {
                 hosts += 1;
+                if host_field.is_none() {
+                    host_field = v.to_str().ok().map(str::to_string);
+                }
             } else if n == TRANSFER_ENCODING {
                 with_body = true;
             } else if n == CONTENT_LENGTH {
@@ -388,18 +393,12 @@ impl Proxy {
                 parts.headers.remove(name);
             }
         }
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
+        let host = match parts.uri.authority() {
+            Some(a) => a.as_str().to_string(),
+            // The Host field as seen in the first pass, unless stripping removed it.
+            None if !strip || parts.headers.contains_key(HOST) => host_field.unwrap_or_default(),
+            None => String::new(),
+        };
         let host_norm = key::normalize_host(&host, client.scheme);
         // Usually already normal: no second copy.
         let host_normalized = (*host_norm != *host).then(|| host_norm.to_string());
@@ -439,14 +438,14 @@ impl Proxy {
         if !cacheable {
             return Answer::later(async move {
                 let res = this.pass(&ctx, body).await;
-                this.done(&ctx, res, started)
+                this.done(&ctx, res, started, &this.cfg())
             });
         }
-        match self.cached(&ctx) {
-            Ok(res) => Answer::now(self.done(&ctx, res, started)),
+        match self.cached(&ctx, s) {
+            Ok(res) => Answer::now(self.done(&ctx, res, started, s)),
             Err((stale, fwd)) => Answer::later(async move {
                 let res = this.fetch(&ctx, stale, fwd).await;
-                this.done(&ctx, res, started)
+                this.done(&ctx, res, started, &this.cfg())
             }),
         }
     }
@@ -456,13 +455,13 @@ impl Proxy {
         &self,
         ctx: &Ctx,
         mut res: Response<Body>,
-        started: std::time::Instant,
+        started: Option<std::time::Instant>,
+        cfg: &Settings,
     ) -> Response<Body> {
-        let cfg = self.cfg();
         if cfg.debug_headers {
             debug_headers(&mut res, &ctx.key);
         }
-        if cfg.access_log {
+        if let Some(started) = started {
             access_log(ctx, &res, started);
         }
         res
@@ -474,6 +473,7 @@ impl Proxy {
     fn cached(
         self: &Arc<Self>,
         ctx: &Ctx,
+        cfg: &Settings,
     ) -> Result<Response<Body>, (Option<Arc<StoredResponse>>, Fwd)> {
         let now = SystemTime::now();
         let found = match self.store.lookup(&ctx.key, &ctx.headers) {
@@ -494,11 +494,11 @@ impl Proxy {
                     entry.lifetime,
                     &entry.directives,
                     &ctx.req_dirs,
-                    &self.cfg().policy,
+                    &cfg.policy,
                 ) {
                     Reuse::Fresh => {
-                        self.maybe_refresh_early(ctx, &entry, age);
-                        return Ok(self.serve_fresh(ctx, &entry, now, age));
+                        self.maybe_refresh_early(ctx, &entry, age, cfg.early_refresh);
+                        return Ok(self.serve_fresh(ctx, &entry, now, age, cfg));
                     }
                     Reuse::StaleAccepted => {
                         return Ok(self.serve_stored(
@@ -515,7 +515,7 @@ impl Proxy {
                                 entry.lifetime,
                                 freshness::swr_window(
                                     &entry.directives,
-                                    self.cfg().stale_while_revalidate,
+                                    cfg.stale_while_revalidate,
                                 ),
                             ) =>
                     {
@@ -553,8 +553,8 @@ impl Proxy {
         ctx: &Ctx,
         entry: &Arc<StoredResponse>,
         age: std::time::Duration,
+        window: std::time::Duration,
     ) {
-        let window = self.cfg().early_refresh;
         if window.is_zero() || entry.lifetime <= age {
             return;
         }
@@ -743,8 +743,8 @@ impl Proxy {
         entry: &StoredResponse,
         now: SystemTime,
         age: std::time::Duration,
+        cfg: &Settings,
     ) -> Response<Body> {
-        let cfg = self.cfg();
         if !(ctx.plain
             && ctx.method == Method::GET
             && entry.status == StatusCode::OK
@@ -779,7 +779,7 @@ impl Proxy {
                 again.headers_mut(),
                 &Outcome::Hit { stale: false },
                 Some(ttl),
-                &cfg,
+                cfg,
             );
             assert_eq!(
                 res.headers(),
