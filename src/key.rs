@@ -370,7 +370,9 @@ pub fn primary_key(
     full.push_str("://");
     full.push_str(host);
     normalize_percent(path, &mut full);
-    normalize_query(query, rule, &mut full);
+    if !query.is_empty() {
+        normalize_query(query, rule, &mut full);
+    }
     for h in &rule.headers {
         full.push_str("\nh:");
         full.push_str(h.name.as_str());

@@ -17,8 +17,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
-    CONTENT_TYPE, DATE, EXPECT, HOST, LOCATION, TRANSFER_ENCODING,
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION,
+    CONTENT_RANGE, CONTENT_TYPE, DATE, EXPECT, HOST, LOCATION, TRANSFER_ENCODING,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -345,6 +345,7 @@ impl Proxy {
         let mut as_stored = true;
         let (mut hosts, mut with_body, mut strip) = (0, false, false);
         let mut host_field = None;
+        let mut with_directives = false;
         for (n, v) in req.headers() {
             head_bytes += n.as_str().len() + v.len() + 4;
             as_stored &= !conditional::shapes_answer(n);
@@ -353,6 +354,8 @@ impl Proxy {
                 if host_field.is_none() {
                     host_field = v.to_str().ok().map(str::to_string);
                 }
+            } else if n == CACHE_CONTROL {
+                with_directives = true;
             } else if n == TRANSFER_ENCODING {
                 with_body = true;
             } else if n == CONTENT_LENGTH {
@@ -409,7 +412,11 @@ impl Proxy {
         }
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let key = key::primary_key(rule, client.scheme, &host_norm, pq, &parts.headers);
-        let req_dirs = Directives::from_cache_control(&parts.headers);
+        let req_dirs = if with_directives {
+            Directives::from_cache_control(&parts.headers)
+        } else {
+            Directives::default()
+        };
         let ctx = Ctx {
             method: parts.method,
             uri: parts.uri,

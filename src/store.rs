@@ -200,7 +200,9 @@ pub struct PurgeReport {
 }
 
 pub struct Store {
-    cache: Cache<u128, Arc<KeyEntry>>,
+    /// Keyed by the key's digest, hashed with foldhash (seeded per process): the
+    /// digest is already well mixed, and SipHash cost more than the rest of a lookup.
+    cache: Cache<u128, Arc<KeyEntry>, foldhash::fast::RandomState>,
     max_variants: usize,
     tick: AtomicU64,
     marker: Marker,
@@ -242,7 +244,7 @@ impl Store {
                 }
                 count_tags(&counts, &v, false)
             })
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Store {
             cache,
             max_variants,
