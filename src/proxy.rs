@@ -773,9 +773,11 @@ impl Proxy {
             }
             None => {
                 let res = self.serve_stored(ctx, entry, Outcome::Hit { stale: false }, now);
-                entry
-                    .rendered
-                    .set(cfg.generation, age_secs, ttl, res.headers().clone());
+                if entry.rendered.wanted(age_secs) {
+                    entry
+                        .rendered
+                        .set(cfg.generation, age_secs, ttl, res.headers().clone());
+                }
                 res
             }
         };

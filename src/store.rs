@@ -54,8 +54,14 @@ pub struct StoredResponse {
 /// configuration generation, the age in seconds and the ttl are those it was made
 /// for, and replaced otherwise. A hit then costs one `HeaderMap` clone instead of a
 /// clone, three inserts, four removals and two renderings.
+/// Only an entry hit twice within one second gets a rendering (a working set of
+/// many objects, each rarely hit, would pay for renderings it never reuses).
 #[derive(Default)]
-pub struct RenderedHead(arc_swap::ArcSwapOption<Rendered>);
+pub struct RenderedHead {
+    rendering: arc_swap::ArcSwapOption<Rendered>,
+    /// The age second of the last hit that found no rendering, plus one (0: none).
+    last_miss: AtomicU64,
+}
 
 struct Rendered {
     generation: u64,
@@ -67,7 +73,7 @@ struct Rendered {
 impl RenderedHead {
     /// The headers rendered for exactly these inputs, if that is what is cached.
     pub fn get(&self, generation: u64, age: u64, ttl: i64) -> Option<HeaderMap> {
-        let guard = self.0.load();
+        let guard = self.rendering.load();
         match guard.as_deref() {
             Some(r) if r.generation == generation && r.age == age && r.ttl == ttl => {
                 Some(r.headers.clone())
@@ -76,8 +82,13 @@ impl RenderedHead {
         }
     }
 
+    /// Is a rendering worth keeping: was this entry already hit in this second?
+    pub fn wanted(&self, age: u64) -> bool {
+        self.last_miss.swap(age + 1, Ordering::Relaxed) == age + 1
+    }
+
     pub fn set(&self, generation: u64, age: u64, ttl: i64, headers: HeaderMap) {
-        self.0.store(Some(Arc::new(Rendered {
+        self.rendering.store(Some(Arc::new(Rendered {
             generation,
             age,
             ttl,

@@ -422,3 +422,46 @@ async fn private_answers_are_not_served_to_another_user() {
         assert_eq!(res.text(), format!("page for {user}"));
     }
 }
+
+#[tokio::test]
+async fn a_slow_download_outlives_the_header_read_timeout() {
+    // The header read timeout bounds request heads, never the writing of a response:
+    // a client reading a large stored object slowly gets all of it.
+    const SIZE: usize = 24 << 20; // beyond what loopback socket buffers hold
+    let body = bytes::Bytes::from(vec![b'x'; SIZE]);
+    let origin =
+        Origin::start(move |_| Reply::ok(body.clone()).header("cache-control", "max-age=600"))
+            .await;
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.server.header_read_timeout = Duration::from_millis(200);
+        c.cache.max_object_size = bytesize::ByteSize::mib(64);
+    })
+    .await;
+    assert_eq!(proxy.get("/big").await.body.len(), SIZE);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = 0;
+    let mut buf = vec![0; 256 << 10];
+    let started = std::time::Instant::now();
+    while got < SIZE {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+        // The slow reader is the behaviour under test (not a synchronisation).
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        got >= SIZE,
+        "cut off after {got} bytes and {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() > Duration::from_millis(200),
+        "the download took longer than the timeout, or it tested nothing"
+    );
+}

@@ -255,6 +255,7 @@ purge_config $SMALL > "$WORK/small.toml"
 taskset -c "$SERVER_CPU" "$BIN" serve --config "$WORK/small.toml" >/dev/null 2>&1 & PIDS+=($!)
 for p in $ORIGIN $LACQUER $SMALL; do wait_port $p; done
 expect_hit $LACQUER '^cache-status: lacquer; hit' lacquer /warm
+expect_hit $SMALL '^cache-status: lacquer; hit' lacquer /warm
 RSS0=$(rss_kib $LPID)
 fill lacquer $LACQUER /m/ "$MEM_ENTRIES"
 ENTRIES=$(entries $LACQUER)
