@@ -41,17 +41,15 @@ fn entry(tags: &[Arc<str>], gen: u64) -> StoredResponse {
     }
 }
 
+/// The cache key of `http://host/path` under the default key rule.
+fn key(host: &str, path: &str) -> lacquer::key::CacheKey {
+    primary_key(&KeyRule::default(), "http", host, path, &HeaderMap::new())
+}
+
 fn fill(store: &Store, n: usize, tagged: bool) {
-    let rule = KeyRule::default();
     let shared: Arc<str> = Arc::from("campaign:big");
     for i in 0..n {
-        let key = primary_key(
-            &rule,
-            "http",
-            "bench",
-            &format!("/item/{i}"),
-            &HeaderMap::new(),
-        );
+        let key = key("bench", &format!("/item/{i}"));
         let tags: Vec<Arc<str>> = if tagged {
             vec![shared.clone(), Arc::from(format!("product:{i}"))]
         } else {
@@ -108,19 +106,12 @@ fn memory_breakdown() {
         .map(|(n, v)| n.as_str().len() + v.len())
         .sum();
     let tag: Arc<str> = Arc::from("campaign:all");
-    let rule = KeyRule::default();
 
     let base = live_bytes();
     let store = Store::new(16 << 30, 4);
     let mut key_bytes = 0;
     for i in 0..N {
-        let key = primary_key(
-            &rule,
-            "http",
-            "127.0.0.1:18102",
-            &format!("/m/{i}"),
-            &HeaderMap::new(),
-        );
+        let key = key("127.0.0.1:18102", &format!("/m/{i}"));
         key_bytes += key.full.len();
         let mut e = entry(std::slice::from_ref(&tag), store.generation());
         e.headers = headers.clone();
