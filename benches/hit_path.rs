@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
         &key,
         StoredResponse {
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
+            headers: Default::default(),
             body: Bytes::from(vec![b'x'; 1024]),
             request_time: now,
             response_time: now,
@@ -119,7 +119,7 @@ fn variants(c: &mut Criterion) {
                 &key,
                 StoredResponse {
                     status: StatusCode::OK,
-                    headers: HeaderMap::new(),
+                    headers: Default::default(),
                     body: Bytes::from_static(b"x"),
                     request_time: now,
                     response_time: now,

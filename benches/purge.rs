@@ -27,7 +27,7 @@ fn entry(tags: &[Arc<str>], gen: u64) -> StoredResponse {
     let now = SystemTime::now();
     StoredResponse {
         status: StatusCode::OK,
-        headers: HeaderMap::new(),
+        headers: Default::default(),
         body: Bytes::from_static(b"0123456789"),
         request_time: now,
         response_time: now,
@@ -114,7 +114,7 @@ fn memory_breakdown() {
         let key = key("127.0.0.1:18102", &format!("/m/{i}"));
         key_bytes += key.full.len();
         let mut e = entry(std::slice::from_ref(&tag), store.generation());
-        e.headers = headers.clone();
+        e.headers = lacquer::store::StoredHeaders::from_map(&headers);
         e.body = Bytes::copy_from_slice(b"0123456789abcdef");
         store.insert(&key, e);
     }
@@ -123,11 +123,11 @@ fn memory_breakdown() {
     drop(store);
 
     let base = live_bytes();
-    let maps: Vec<HeaderMap> = (0..N)
-        .map(|_| lacquer::store::compact_headers(&headers))
+    let maps: Vec<lacquer::store::StoredHeaders> = (0..N)
+        .map(|_| lacquer::store::StoredHeaders::from_map(&headers))
         .collect();
-    let header_heap =
-        live_bytes().saturating_sub(base) as usize / N - std::mem::size_of::<HeaderMap>();
+    let header_heap = live_bytes().saturating_sub(base) as usize / N
+        - std::mem::size_of::<lacquer::store::StoredHeaders>();
     drop(maps);
 
     let key = key_bytes / N;

@@ -220,10 +220,11 @@ impl Proxy {
                 h.remove(name);
             }
             if let Some(s) = &stale {
-                if let Some(etag) = s.headers.get(ETAG) {
+                let stored = s.headers.to_map();
+                if let Some(etag) = stored.get(ETAG) {
                     h.insert(IF_NONE_MATCH, etag.clone());
                 }
-                if let Some(lm) = s.headers.get(LAST_MODIFIED) {
+                if let Some(lm) = stored.get(LAST_MODIFIED) {
                     h.insert(IF_MODIFIED_SINCE, lm.clone());
                 }
             }
@@ -266,7 +267,7 @@ impl Proxy {
                     &ctx.headers,
                     &Directives::default(),
                     stale.status,
-                    &updated.headers,
+                    &updated.headers.to_map(),
                     dirs,
                     lifetime,
                     policy,
@@ -329,7 +330,7 @@ impl Proxy {
                 let tags = self.tags_of(ctx, &headers);
                 let entry = StoredResponse {
                     status,
-                    headers,
+                    headers: headers.into(),
                     body: Bytes::new(),
                     request_time,
                     response_time,
@@ -361,7 +362,7 @@ impl Proxy {
         response_time: SystemTime,
     ) -> StoredResponse {
         let policy = &self.cfg().policy;
-        let mut headers = stale.headers.clone();
+        let mut headers = stale.headers.to_map();
         for name in fresh.keys() {
             if name == CONTENT_LENGTH || name == AGE || name == CACHE_STATUS {
                 continue;
@@ -397,7 +398,7 @@ impl Proxy {
             tags,
             fetched_gen: stale.fetched_gen,
             rendered: Default::default(),
-            headers,
+            headers: headers.into(),
         }
     }
 
@@ -673,7 +674,7 @@ impl Proxy {
         };
         let age = entry.age(SystemTime::now());
         let ttl = freshness::ttl_secs(entry.lifetime, age);
-        let mut headers = entry.headers.clone();
+        let mut headers = entry.headers.to_map();
         headers.insert(
             AGE,
             http::HeaderValue::from(freshness::age_header_secs(age)),

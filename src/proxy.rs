@@ -783,7 +783,12 @@ impl Proxy {
         };
         if cfg!(debug_assertions) {
             // Debug builds (every test) check the cached rendering against a new one.
-            let mut again = self.stored_response(ctx, entry, HeaderValue::from(age_secs));
+            let mut again = self.stored_response(
+                ctx,
+                entry,
+                entry.headers.to_map(),
+                HeaderValue::from(age_secs),
+            );
             self.finish_head(
                 again.headers_mut(),
                 &Outcome::Hit { stale: false },
@@ -809,12 +814,13 @@ impl Proxy {
         let age = entry.age(now);
         let ttl = Some(freshness::ttl_secs(entry.lifetime, age));
         let age_value = HeaderValue::from(freshness::age_header_secs(age));
-        let mut res = if conditional::not_modified(&ctx.headers, entry.status, &entry.headers) {
-            let mut headers = conditional::not_modified_headers(&entry.headers);
+        let stored = entry.headers.to_map();
+        let mut res = if conditional::not_modified(&ctx.headers, entry.status, &stored) {
+            let mut headers = conditional::not_modified_headers(&stored);
             headers.insert(AGE, age_value);
             response(StatusCode::NOT_MODIFIED, headers, body::empty())
         } else {
-            self.stored_response(ctx, entry, age_value)
+            self.stored_response(ctx, entry, stored, age_value)
         };
         if self.cfg().debug_headers {
             res.extensions_mut()
@@ -828,14 +834,14 @@ impl Proxy {
         &self,
         ctx: &Ctx,
         entry: &StoredResponse,
+        mut headers: HeaderMap,
         age_value: HeaderValue,
     ) -> Response<Body> {
-        let mut headers = entry.headers.clone();
         headers.insert(AGE, age_value);
         let len = entry.body.len() as u64;
         let head = ctx.method == Method::HEAD;
         let answer = if entry.status == StatusCode::OK && !head {
-            conditional::range(&ctx.headers, &entry.headers, len)
+            conditional::range(&ctx.headers, &headers, len)
         } else {
             RangeAnswer::Full
         };

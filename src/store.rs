@@ -28,7 +28,7 @@ use crate::purge::{Marker, Purge, Subject, Validity};
 pub struct StoredResponse {
     pub status: StatusCode,
     /// End-to-end headers as received (hop-by-hop fields and `Age` removed).
-    pub headers: HeaderMap,
+    pub headers: StoredHeaders,
     pub body: Bytes,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
@@ -97,29 +97,115 @@ impl RenderedHead {
     }
 }
 
-/// The stored copy of a response's header fields: all values copied into one
-/// buffer of exactly their size. Values as hyper parses them are slices of the
-/// connection's read buffer (8 KiB or more), so keeping them would keep that whole
-/// buffer alive for as long as the entry lives, and memory would far exceed what
-/// the store's weights account for.
-pub fn compact_headers(headers: &HeaderMap) -> HeaderMap {
-    let total: usize = headers.iter().map(|(_, v)| v.len()).sum();
-    let mut buf = bytes::BytesMut::with_capacity(total);
-    for (_, v) in headers {
-        buf.extend_from_slice(v.as_bytes());
+/// The stored header fields of a response: names and values in one buffer of
+/// exactly their size, and where each field ends. A `HeaderMap` keeps index and
+/// bucket tables sized for growth (624 bytes for 5 fields, measured by the purge
+/// bench); this keeps the bytes and 8 more per field. Values as hyper parses them
+/// are slices of the connection's read buffer, so storing them as they are would
+/// also keep that whole buffer (8 KiB or more) alive with the entry: the copy here
+/// never does. Requests that need the fields as a map (a rendering, a 304, a range,
+/// a revalidation) build one with [`StoredHeaders::to_map`], whose values share
+/// this buffer.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoredHeaders {
+    buf: bytes::Bytes,
+    /// For each field: where its name ends and where its value ends in `buf` (a
+    /// field starts where the previous one ended).
+    ends: Box<[(u32, u32)]>,
+}
+
+impl StoredHeaders {
+    pub fn from_map(headers: &HeaderMap) -> StoredHeaders {
+        let total: usize = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        let mut buf = Vec::with_capacity(total);
+        let mut ends = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            buf.extend_from_slice(name.as_str().as_bytes());
+            let name_end = buf.len();
+            buf.extend_from_slice(value.as_bytes());
+            // A head is far below 4 GiB (max_header_bytes); saturate rather than wrap.
+            let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            ends.push((at(name_end), at(buf.len())));
+        }
+        StoredHeaders {
+            buf: bytes::Bytes::from(buf),
+            ends: ends.into_boxed_slice(),
+        }
     }
-    let buf = buf.freeze();
-    let mut out = HeaderMap::with_capacity(headers.keys_len());
-    let mut at = 0;
-    for (name, v) in headers {
-        let end = at + v.len();
-        let mut value =
-            HeaderValue::from_maybe_shared(buf.slice(at..end)).unwrap_or_else(|_| v.clone());
-        value.set_sensitive(v.is_sensitive());
-        out.append(name.clone(), value);
-        at = end;
+
+    /// The fields as (name, value) byte strings, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().filter_map(move |&(name_end, end)| {
+            let (name_end, end) = (name_end as usize, end as usize);
+            let field = self
+                .buf
+                .get(start..name_end)
+                .zip(self.buf.get(name_end..end));
+            start = end;
+            field
+        })
     }
-    out
+
+    /// The fields as a map; the values share this buffer (no copy).
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.ends.len());
+        let mut start = 0usize;
+        for &(name_end, end) in self.ends.iter() {
+            let (name_end, end) = (name_end as usize, end as usize);
+            let name = self
+                .buf
+                .get(start..name_end)
+                .and_then(|n| http::HeaderName::from_bytes(n).ok());
+            let value = (name_end <= end && end <= self.buf.len())
+                .then(|| HeaderValue::from_maybe_shared(self.buf.slice(name_end..end)).ok())
+                .flatten();
+            if let (Some(name), Some(value)) = (name, value) {
+                map.append(name, value);
+            }
+            start = end;
+        }
+        map
+    }
+
+    pub fn get(&self, name: &http::HeaderName) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| *n == name.as_str().as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Heap bytes held (for the store's weights).
+    pub fn heap_bytes(&self) -> usize {
+        self.buf.len() + self.ends.len() * std::mem::size_of::<(u32, u32)>()
+    }
+}
+
+impl From<HeaderMap> for StoredHeaders {
+    fn from(headers: HeaderMap) -> StoredHeaders {
+        StoredHeaders::from_map(&headers)
+    }
+}
+
+impl std::fmt::Debug for StoredHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.iter()
+                    .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v))),
+            )
+            .finish()
+    }
 }
 
 /// A clone is a different entry (a soft-purged copy, an updated head): it starts
@@ -139,11 +225,7 @@ impl std::fmt::Debug for RenderedHead {
 impl StoredResponse {
     /// Approximate memory held by this entry.
     pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 32)
-            .sum();
+        let headers = self.headers.heap_bytes();
         self.body.len() + headers + self.variant.weight() + std::mem::size_of::<StoredResponse>()
     }
 
@@ -316,7 +398,6 @@ impl Store {
     /// A response whose fetch started before a hard purge covering it is not stored
     /// (the in-flight race); before a soft purge, it is stored already stale.
     pub fn insert(&self, key: &CacheKey, mut response: StoredResponse) {
-        response.headers = compact_headers(&response.headers);
         match self.judge(&key.full, key.digest, &response, true) {
             Validity::Valid => {}
             Validity::SoftPurged => response.lifetime = Duration::ZERO,
@@ -527,12 +608,16 @@ mod tests {
         h.insert("cache-control", slice(11, 21));
         h.append("x-list", slice(22, 23));
         h.append("x-list", slice(24, 25));
-        let mut secret = slice(22, 23);
-        secret.set_sensitive(true);
-        h.insert("x-secret", secret);
-        let c = compact_headers(&h);
+        let stored = StoredHeaders::from_map(&h);
+        let c = stored.to_map();
         assert_eq!(c, h, "same fields, values and order");
-        assert!(c["x-secret"].is_sensitive());
+        assert_eq!(
+            stored.get(&http::header::CACHE_CONTROL),
+            Some(&b"max-age=60"[..])
+        );
+        assert_eq!(stored.len(), 4);
+        // The names and values (59 bytes) and two offsets a field: no tables.
+        assert_eq!(stored.heap_bytes(), 59 + 4 * 8);
         let range = buffer.as_ptr_range();
         for (_, v) in &c {
             assert!(
@@ -548,7 +633,7 @@ mod tests {
     fn stored(variant: Variant, body: &'static str) -> StoredResponse {
         StoredResponse {
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
+            headers: StoredHeaders::default(),
             body: Bytes::from_static(body.as_bytes()),
             request_time: SystemTime::UNIX_EPOCH,
             response_time: SystemTime::UNIX_EPOCH,
