@@ -148,7 +148,7 @@ fn memory_breakdown() {
     );
     println!("| of which `StoredResponse` (in its `Arc`) | {stored} |");
     println!(
-        "| of which the `HeaderMap`'s tables and the value buffer | {} |",
+        "| of which the stored header fields' offsets and buffer handle | {} |",
         header_heap.saturating_sub(payload_headers)
     );
     println!("| of which the body's buffer handle | 32 |");
