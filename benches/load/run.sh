@@ -183,6 +183,16 @@ fill() { # target port prefix count: request each object once (wrk idles once do
 
 median() { sort -n | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
 med() { echo "$1" | tr ' ' '\n' | grep . | median; }
+# Median over the rounds of a/b, each round's pair measured minutes apart at most
+# (steadier than a ratio of medians when the machine's speed drifts).
+ratio_med() { # "a1 a2 …" "b1 b2 …"
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " ")
+    for (i = 1; i <= n; i++) r[i] = (y[i] > 0) ? x[i] / y[i] : 0
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+    printf "%.2f", r[int((n + 1) / 2)]
+  }'
+}
 
 declare -A RPS P50 P99
 TARGETS="ceiling lacquer nginx varnish"
@@ -298,10 +308,10 @@ fi
   echo
   echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'),"
   echo "servers pinned to CPU $SERVER_CPU, \`wrk -t1 -c$CONNS -d${DURATION}s\` pinned to CPU $CLIENT_CPU, one hot object,"
-  echo "HTTP/1.1 keep-alive, loopback; median of $ROUNDS interleaved rounds."
+  echo "HTTP/1.1 keep-alive, loopback; median of $ROUNDS interleaved rounds (the last two columns: median of the per-round ratios)."
   echo
-  echo "| server | body | hits/s | p50 | p99 | × nginx | × ceiling |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| server | body | hits/s | p50 | p99 | × nginx | × ceiling | × nginx, per round | × ceiling, per round |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   for size in 1024 65536; do
     nginx_rps=$(med "${RPS[nginx,$size]}")
     ceil_rps=$(med "${RPS[ceiling,$size]}")
@@ -309,20 +319,23 @@ fi
       label=$([ $size = 1024 ] && echo "1 KiB" || echo "64 KiB")
       awk -v t="$t" -v l="$label" -v r="$(med "${RPS[$t,$size]}")" -v a="$(med "${P50[$t,$size]}")" \
         -v b="$(med "${P99[$t,$size]}")" -v n="$nginx_rps" -v c="$ceil_rps" \
-        'BEGIN { printf "| %s | %s | %d | %d µs | %d µs | %.2f | %.2f |\n", t, l, r, a, b, r/n, r/c }'
+        -v rn="$(ratio_med "${RPS[$t,$size]}" "${RPS[nginx,$size]}")" \
+        -v rc="$(ratio_med "${RPS[$t,$size]}" "${RPS[ceiling,$size]}")" \
+        'BEGIN { printf "| %s | %s | %d | %d µs | %d µs | %.2f | %.2f | %s | %s |\n", t, l, r, a, b, r/n, r/c, rn, rc }'
     done
   done
   echo
   echo "### (a) Working set: $WS_OBJECTS distinct 1 KiB objects, requested uniformly at random"
   echo
-  echo "| server | hits/s | p50 | p99 | × nginx | × ceiling |"
-  echo "|---|---|---|---|---|---|"
+  echo "| server | hits/s | p50 | p99 | × nginx | × ceiling | × nginx, per round | × ceiling, per round |"
+  echo "|---|---|---|---|---|---|---|---|"
   nginx_rps=$(med "${RPS[nginx,ws]}")
   ceil_rps=$(med "${RPS[ceiling,ws]}")
   for t in $TARGETS; do
     awk -v t="$t" -v r="$(med "${RPS[$t,ws]}")" -v a="$(med "${P50[$t,ws]}")" -v b="$(med "${P99[$t,ws]}")" \
       -v n="$nginx_rps" -v c="$ceil_rps" \
-      'BEGIN { printf "| %s | %d | %d µs | %d µs | %.2f | %.2f |\n", t, r, a, b, r/n, r/c }'
+      -v rn="$(ratio_med "${RPS[$t,ws]}" "${RPS[nginx,ws]}")" -v rc="$(ratio_med "${RPS[$t,ws]}" "${RPS[ceiling,ws]}")" \
+      'BEGIN { printf "| %s | %d | %d µs | %d µs | %.2f | %.2f | %s | %s |\n", t, r, a, b, r/n, r/c, rn, rc }'
   done
   echo
   echo "### (b) Cold burst: 200 clients on one cold object behind a 200 ms origin (Lacquer)"
