@@ -1,4 +1,4 @@
-//! The life of a request. `Proxy::handle` is the entry point; read it top to
+//! The life of a request. `Proxy::respond` is the entry point; read it top to
 //! bottom:
 //!
 //! 1. limits (414, 431);
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::future::{ready, BoxFuture, Either, Ready};
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION,
     CONTENT_RANGE, CONTENT_TYPE, DATE, EXPECT, HOST, LOCATION, TRANSFER_ENCODING,
@@ -90,42 +91,16 @@ pub(crate) struct Ctx {
 /// Produces a freshly validated configuration (the binary re-reads its file).
 pub type Reloader = Box<dyn Fn() -> Result<Settings, crate::config::ConfigError> + Send + Sync>;
 
-/// A response now, or a future one (boxed: only requests that need I/O pay for a
-/// future). A future itself, for hyper.
-pub enum Answer {
-    Now(Option<Response<Body>>),
-    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>),
+/// A response now (`Left`), or a future one (`Right`, boxed: only requests that need
+/// I/O pay for a future).
+pub type Answer = Either<Ready<Response<Body>>, BoxFuture<'static, Response<Body>>>;
+
+fn answered(res: Response<Body>) -> Answer {
+    Either::Left(ready(res))
 }
 
-impl Answer {
-    fn now(res: Response<Body>) -> Answer {
-        Answer::Now(Some(res))
-    }
-
-    fn later(fut: impl std::future::Future<Output = Response<Body>> + Send + 'static) -> Answer {
-        Answer::Later(Box::pin(fut))
-    }
-}
-
-impl std::future::Future for Answer {
-    type Output = Response<Body>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Response<Body>> {
-        match self.get_mut() {
-            Answer::Now(res) => match res.take() {
-                Some(res) => std::task::Poll::Ready(res),
-                // Polled again after completion: a caller bug, answered, not a panic.
-                None => std::task::Poll::Ready(plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "500 Internal Server Error\n",
-                )),
-            },
-            Answer::Later(fut) => fut.as_mut().poll(cx),
-        }
-    }
+fn pending(fut: impl std::future::Future<Output = Response<Body>> + Send + 'static) -> Answer {
+    Either::Right(Box::pin(fut))
 }
 
 /// What a reload did.
@@ -316,15 +291,6 @@ impl Proxy {
         self.config.load()
     }
 
-    /// Answers a request: `Proxy::respond`, awaited.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        client: ClientInfo,
-    ) -> Response<Body> {
-        self.respond(req, client).await
-    }
-
     /// Answers a request. Everything that needs no I/O (limits, PURGE, cache hits)
     /// is decided here, before returning, so that a hit drops the request before
     /// hyper reads the next one: the request's fields are slices of the connection's
@@ -338,7 +304,7 @@ impl Proxy {
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > s.max_uri_bytes {
             self.metrics.request("rejected");
-            return Answer::now(plain(StatusCode::URI_TOO_LONG, "414 URI Too Long\n"));
+            return answered(plain(StatusCode::URI_TOO_LONG, "414 URI Too Long\n"));
         }
         // One pass over the request's fields for what the checks below need.
         let mut head_bytes = 0;
@@ -359,13 +325,13 @@ impl Proxy {
             } else if n == TRANSFER_ENCODING {
                 with_body = true;
             } else if n == CONTENT_LENGTH {
-                with_body |= v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) > Some(0);
+                with_body |= content_length_value(v) > Some(0);
             }
             strip |= s.strip_request_headers.contains(n);
         }
         if head_bytes + uri_len > s.max_header_bytes {
             self.metrics.request("rejected");
-            return Answer::now(plain(
+            return answered(plain(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "431 Request Header Fields Too Large\n",
             ));
@@ -373,7 +339,7 @@ impl Proxy {
 
         // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host line.
         if req.version() == Version::HTTP_11 && hosts != 1 {
-            return Answer::now(plain(
+            return answered(plain(
                 StatusCode::BAD_REQUEST,
                 "400 Bad Request: exactly one Host header is required\n",
             ));
@@ -384,7 +350,7 @@ impl Proxy {
             if let Some(rest) = req.uri().path().strip_prefix("/.lacquer") {
                 let rest = rest.to_string();
                 let this = self.clone();
-                return Answer::later(async move { this.admin(req, client, &rest).await });
+                return pending(async move { this.admin(req, client, &rest).await });
             }
         }
 
@@ -433,7 +399,7 @@ impl Proxy {
         };
         if ctx.method.as_str() == "PURGE" {
             // Never forwarded: answered here, with a token (admin.rs).
-            return Answer::now(self.purge_method(
+            return answered(self.purge_method(
                 &ctx.headers,
                 &ctx.uri,
                 ctx.host_norm(),
@@ -443,14 +409,14 @@ impl Proxy {
         }
         let this = self.clone();
         if !cacheable {
-            return Answer::later(async move {
+            return pending(async move {
                 let res = this.pass(&ctx, body).await;
                 this.done(&ctx, res, started, &this.cfg())
             });
         }
         match self.cached(&ctx, s) {
-            Ok(res) => Answer::now(self.done(&ctx, res, started, s)),
-            Err((stale, fwd)) => Answer::later(async move {
+            Ok(res) => answered(self.done(&ctx, res, started, s)),
+            Err((stale, fwd)) => pending(async move {
                 let res = this.fetch(&ctx, stale, fwd).await;
                 this.done(&ctx, res, started, &this.cfg())
             }),
@@ -955,13 +921,11 @@ impl Proxy {
 }
 
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    content_length_value(headers.get(CONTENT_LENGTH)?)
+}
+
+fn content_length_value(v: &HeaderValue) -> Option<u64> {
+    v.to_str().ok()?.trim().parse().ok()
 }
 
 pub(crate) fn response(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
