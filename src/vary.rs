@@ -27,6 +27,20 @@ pub enum Normalizer {
     },
 }
 
+impl Normalizer {
+    /// Is `value` one this normalizer produces (and so maps to itself)?
+    pub fn is_normal(&self, value: &[u8]) -> bool {
+        match self {
+            Normalizer::Encoding => ENCODINGS.contains(&value),
+            // A configured language maps to itself (its exact match comes first); the
+            // default need not (it may match a configured primary subtag).
+            Normalizer::Language { languages, .. } => {
+                languages.iter().any(|l| l.as_bytes() == value)
+            }
+        }
+    }
+}
+
 /// Vary handling for one route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaryRules {
@@ -62,17 +76,9 @@ impl VaryRules {
                 (Some(only), None) => Some(only),
                 _ => None,
             };
-            if *normalizer == Normalizer::Encoding {
-                match (only, headers.contains_key(name)) {
-                    // A value the normalizer produces maps to itself: nothing to do.
-                    (Some(v), _) if ENCODINGS.contains(&v.as_bytes()) => continue,
-                    // No field: only the identity coding is acceptable to us.
-                    (None, false) => {
-                        headers.insert(name.clone(), HeaderValue::from_static("identity"));
-                        continue;
-                    }
-                    _ => {}
-                }
+            // A value the normalizer produces maps to itself: nothing to parse.
+            if only.is_some_and(|v| normalizer.is_normal(v.as_bytes())) {
+                continue;
             }
             let value = normalize(normalizer, headers, name);
             if only.is_some_and(|v| v.as_bytes() == value.as_bytes()) {
@@ -300,6 +306,33 @@ mod tests {
             "en",
             "bounded: only the first 64 members count"
         );
+    }
+
+    #[test]
+    fn what_a_normalizer_produces_is_normal() {
+        let lang = Normalizer::Language {
+            languages: vec!["en".into(), "fr-CA".into()],
+            default: "en".into(),
+        };
+        for (n, inputs) in [
+            (
+                Normalizer::Encoding,
+                vec!["gzip, br", "gzip", "", "*", "deflate"],
+            ),
+            (lang, vec!["fr-ca, en;q=0.5", "en-GB", "de", "*", ""]),
+        ] {
+            for input in inputs {
+                let one = |v: &str| {
+                    let mut m = HeaderMap::new();
+                    m.insert(ACCEPT, HeaderValue::from_str(v).unwrap());
+                    m
+                };
+                let out = normalize(&n, &one(input), &ACCEPT);
+                assert!(n.is_normal(out.as_bytes()), "{input:?} → {out:?}");
+                let again = normalize(&n, &one(&out), &ACCEPT);
+                assert_eq!(again, out, "a normal value maps to itself");
+            }
+        }
     }
 
     #[test]
