@@ -268,20 +268,7 @@ async fn usage_errors_exit_2_before_any_request() {
 async fn closed_port_exits_3_quickly() {
     let endpoint = format!("http://{}/.lacquer", common::closed_port());
     let started = Instant::now();
-    let args = [
-        "purge",
-        "--endpoint",
-        &endpoint,
-        "--token-env",
-        TOKEN_VAR,
-        "--tag",
-        TAG,
-        "--retries",
-        "1",
-        "--timeout",
-        "1",
-    ];
-    let out = lacquer(&args, Some("some-token-0123456789")).await;
+    let out = purge_tag(&endpoint, "1", "1", "some-token-0123456789").await;
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("unreachable after 2 attempts"), "{err}");
@@ -308,10 +295,15 @@ async fn fake_admin(replies: Vec<(u16, &'static str)>) -> Origin {
 
 async fn purge_fake(admin: &Origin, retries: &str) -> Output {
     let endpoint = format!("{}/.lacquer/", admin.url());
+    purge_tag(&endpoint, retries, "5", "fake-admin-token-0123456789").await
+}
+
+/// `lacquer purge --tag TAG` against `endpoint`, the token in `TOKEN_VAR`.
+async fn purge_tag(endpoint: &str, retries: &str, timeout: &str, token: &str) -> Output {
     let args = [
         "purge",
         "--endpoint",
-        &endpoint,
+        endpoint,
         "--token-env",
         TOKEN_VAR,
         "--tag",
@@ -319,9 +311,9 @@ async fn purge_fake(admin: &Origin, retries: &str) -> Output {
         "--retries",
         retries,
         "--timeout",
-        "5",
+        timeout,
     ];
-    lacquer(&args, Some("fake-admin-token-0123456789")).await
+    lacquer(&args, Some(token)).await
 }
 
 #[tokio::test]
