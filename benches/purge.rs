@@ -96,8 +96,8 @@ fn typical_headers() -> HeaderMap {
 
 /// Where the memory of an entry goes: live heap bytes for 100,000 entries like the
 /// load benchmark's (5 header fields, a 16-byte body, one tag), split into what we
-/// can measure alone; the rest is the store's own structures (moka's entry, its
-/// deques and hash table, `KeyEntry`, the variant slot).
+/// can measure alone; the rest is the store's own structures (the shard's entry list
+/// and hash table, the tag list).
 fn memory_breakdown() {
     const N: usize = 100_000;
     let headers = typical_headers();
@@ -152,7 +152,7 @@ fn memory_breakdown() {
         header_heap.saturating_sub(payload_headers)
     );
     println!("| of which the body's buffer handle | 32 |");
-    println!("| of which the store's structures (moka entry, deques, table; `KeyEntry`, slot, tags) | {rest} |");
+    println!("| of which the store's structures (shard entry list and table, tag list) | {rest} |");
 }
 
 fn purge_time(n: usize) -> Duration {

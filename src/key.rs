@@ -26,10 +26,15 @@ pub struct CacheKey {
 impl CacheKey {
     pub fn new(full: String) -> CacheKey {
         CacheKey {
-            digest: xxh3_128(full.as_bytes()),
+            digest: digest(&full),
             full,
         }
     }
+}
+
+/// The digest of a full key (what [`CacheKey::digest`] holds).
+pub fn digest(full: &str) -> u128 {
+    xxh3_128(full.as_bytes())
 }
 
 /// A query parameter name pattern: exact, or a prefix ending in `*` (`utm_*`).

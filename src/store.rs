@@ -1,7 +1,7 @@
 //! The in-memory store: primary key digest → the variants stored for it.
 //!
-//! Bounded by bytes (a weigher counts body, headers, key and a fixed per-entry
-//! overhead) on moka. A stored entry holds everything freshness needs, so a hit
+//! Bounded by bytes (an entry's weight counts body, headers, key and its fixed
+//! structures), with CLOCK eviction over 64 shards. A stored entry holds everything freshness needs, so a hit
 //! is an `Arc` clone plus a `Bytes` clone: no re-parsing.
 //!
 //! Invariants: only complete responses are inserted; a `Vary: *` response is never
@@ -10,14 +10,14 @@
 //! counters equal the tags of what is stored (kept on insert and on every removal).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
-use moka::sync::Cache;
 
 use crate::directives::Directives;
 use crate::key::{CacheKey, Variant};
@@ -241,26 +241,173 @@ struct Slot {
     used: AtomicU64,
 }
 
-/// Everything stored under one primary key.
+/// The variants stored under one primary key. One variant (the common case) costs
+/// nothing beyond its response; several are a list, most recently stored first.
+#[derive(Debug)]
+enum Variants {
+    One(Arc<StoredResponse>),
+    Many(Box<[Slot]>),
+}
+
+impl Variants {
+    fn from_slots(mut slots: Vec<Slot>) -> Variants {
+        if slots.len() == 1 {
+            if let Some(slot) = slots.pop() {
+                return Variants::One(slot.response);
+            }
+        }
+        Variants::Many(slots.into_boxed_slice())
+    }
+
+    fn responses(&self) -> impl Iterator<Item = &Arc<StoredResponse>> + '_ {
+        let (one, many) = match self {
+            Variants::One(r) => (Some(r), None),
+            Variants::Many(slots) => (None, Some(slots.iter().map(|s| &s.response))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// The variants with their last use (a single variant has no LRU rank: 0).
+    fn slots(&self) -> Vec<Slot> {
+        match self {
+            Variants::One(r) => vec![Slot {
+                response: r.clone(),
+                used: AtomicU64::new(0),
+            }],
+            Variants::Many(slots) => slots
+                .iter()
+                .map(|s| Slot {
+                    response: s.response.clone(),
+                    used: AtomicU64::new(s.used.load(Ordering::Relaxed)),
+                })
+                .collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Variants::One(_) => 1,
+            Variants::Many(slots) => slots.len(),
+        }
+    }
+}
+
+/// Everything stored under one primary key: 40 bytes in its shard's entry list.
 #[derive(Debug)]
 struct KeyEntry {
     full_key: Box<str>,
-    /// Most recently stored first.
-    variants: Vec<Slot>,
+    variants: Variants,
+    /// What the store's budget counts for this entry.
+    weight: u32,
+    /// Set by a hit, cleared by the eviction hand passing by (CLOCK).
+    referenced: AtomicBool,
 }
 
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<KeyEntry>() == 40);
+
 impl KeyEntry {
-    fn weight(&self) -> u32 {
-        let w = self.full_key.len()
-            + 64
-            + self
-                .variants
-                .iter()
-                .map(|v| v.response.weight())
-                .sum::<usize>();
-        u32::try_from(w).unwrap_or(u32::MAX)
+    fn new(full_key: Box<str>, variants: Variants) -> KeyEntry {
+        let w = full_key.len()
+            + std::mem::size_of::<KeyEntry>()
+            + 16 // its share of the shard's index
+            + variants.responses().map(|r| r.weight()).sum::<usize>();
+        KeyEntry {
+            full_key,
+            variants,
+            weight: u32::try_from(w).unwrap_or(u32::MAX),
+            referenced: AtomicBool::new(false),
+        }
+    }
+
+    fn digest(&self) -> u128 {
+        crate::key::digest(&self.full_key)
     }
 }
+
+/// One of the store's shards: its entries in a flat list (the CLOCK hand walks it)
+/// and a hash table of positions in that list. An entry costs its 40 bytes in the
+/// list and about 10 in the table; moka, the first store, spent about 300 bytes
+/// on each (its hash-table node, entry info, deque nodes and key `Arc`).
+#[derive(Default)]
+struct Shard {
+    entries: Vec<KeyEntry>,
+    /// Positions in `entries`, hashed by the key's digest (seeded foldhash).
+    index: hashbrown::HashTable<u32>,
+    /// The CLOCK hand: the next position eviction looks at.
+    hand: usize,
+    /// Bumped whenever an entry moves to another position (a removal), so a scan
+    /// done in chunks knows that positions it has not reached may have shifted.
+    moves: u64,
+}
+
+impl Shard {
+    fn position(&self, hash: u64, full_key: &str) -> Option<usize> {
+        self.index
+            .find(hash, |&i| {
+                self.entries
+                    .get(i as usize)
+                    .is_some_and(|e| *e.full_key == *full_key)
+            })
+            .map(|&i| i as usize)
+    }
+
+    fn push(&mut self, hash: u64, entry: KeyEntry, hasher: &Hasher) {
+        let Shard { entries, index, .. } = self;
+        let at = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        entries.push(entry);
+        index.insert_unique(hash, at, |&i| {
+            entries
+                .get(i as usize)
+                .map_or(0, |e| hasher.hash_one(e.digest()))
+        });
+    }
+
+    /// Removes the entry at `at`; the last entry takes its place.
+    fn remove_at(&mut self, at: usize, hasher: &Hasher) -> Option<KeyEntry> {
+        let hash = hasher.hash_one(self.entries.get(at)?.digest());
+        if let Ok(found) = self.index.find_entry(hash, |&i| i as usize == at) {
+            found.remove();
+        }
+        let last = self.entries.len() - 1;
+        if at != last {
+            let moved = hasher.hash_one(self.entries[last].digest());
+            if let Some(i) = self.index.find_mut(moved, |&i| i as usize == last) {
+                *i = at as u32;
+            }
+            self.moves += 1;
+        }
+        Some(self.entries.swap_remove(at))
+    }
+
+    /// CLOCK: the first entry under the hand not hit since the hand last passed.
+    /// One pass at most: when every entry here was hit, their bits are cleared and
+    /// nothing is evicted (the next shard is asked; a shard holding a single hot
+    /// entry must not lose it on the hand's second pass in one call).
+    fn evict_one(&mut self, hasher: &Hasher) -> Option<KeyEntry> {
+        for _ in 0..self.entries.len() {
+            if self.hand >= self.entries.len() {
+                self.hand = 0;
+            }
+            let entry = self.entries.get(self.hand)?;
+            if entry.referenced.swap(false, Ordering::Relaxed) {
+                self.hand += 1;
+            } else {
+                return self.remove_at(self.hand, hasher);
+            }
+        }
+        None
+    }
+}
+
+type Hasher = foldhash::fast::RandomState;
+
+/// Shards: hits on different keys rarely share a lock, and a sweep or an eviction
+/// holds one shard's lock at a time.
+const SHARDS: usize = 64;
+
+/// Entries a sweep judges per hold of a shard's read lock.
+const SWEEP_CHUNK: usize = 1024;
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -272,8 +419,6 @@ pub enum Lookup {
     VaryMiss,
     Miss,
 }
-
-type TagCounts = Arc<Mutex<HashMap<Arc<str>, usize>>>;
 
 /// What a purge did (or, for a dry run, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -292,61 +437,83 @@ pub struct PurgeReport {
     pub generation: u64,
 }
 
+/// The store: sharded hash tables of primary keys, bounded by bytes with CLOCK
+/// eviction (second chance: an entry hit since the hand last passed survives one
+/// more round), as Varnish's and nginx's LRUs bound theirs.
 pub struct Store {
-    /// Keyed by the key's digest, hashed with foldhash (seeded per process): the
-    /// digest is already well mixed, and SipHash cost more than the rest of a lookup.
-    cache: Cache<u128, Arc<KeyEntry>, foldhash::fast::RandomState>,
+    shards: Box<[RwLock<Shard>]>,
+    /// Hashes digests for the shard tables; seeded per process, so the table
+    /// layout cannot be predicted from outside.
+    hasher: Hasher,
+    max_bytes: u64,
+    bytes: AtomicU64,
+    /// The shard the next eviction takes from (round robin, so that eviction is
+    /// spread as a global CLOCK would spread it).
+    evict_next: AtomicUsize,
     max_variants: usize,
     tick: AtomicU64,
     marker: Marker,
-    tag_counts: TagCounts,
+    tag_counts: Mutex<HashMap<Arc<str>, usize>>,
     swept: AtomicU64,
     /// Entries evicted for space (the metrics register this counter).
     pub evictions: prometheus_client::metrics::counter::Counter,
 }
 
-fn count_tags(counts: &TagCounts, entry: &KeyEntry, add: bool) {
-    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
-    for slot in &entry.variants {
-        for tag in slot.response.tags.iter() {
-            if add {
-                *counts.entry(tag.clone()).or_default() += 1;
-            } else if let Some(n) = counts.get_mut(tag) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.remove(tag);
-                }
-            }
-        }
-    }
+fn read(shard: &RwLock<Shard>) -> std::sync::RwLockReadGuard<'_, Shard> {
+    shard.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(shard: &RwLock<Shard>) -> std::sync::RwLockWriteGuard<'_, Shard> {
+    shard.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Store {
     pub fn new(max_bytes: u64, max_variants: usize) -> Store {
-        let tag_counts: TagCounts = Arc::default();
-        let counts = tag_counts.clone();
-        let evictions = prometheus_client::metrics::counter::Counter::<u64>::default();
-        let evicted = evictions.clone();
-        let cache = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_k: &u128, v: &Arc<KeyEntry>| v.weight())
-            // Every way out (replaced, invalidated, evicted) keeps the tag index exact.
-            .eviction_listener(move |_k, v: Arc<KeyEntry>, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    evicted.inc();
-                }
-                count_tags(&counts, &v, false)
-            })
-            .build_with_hasher(foldhash::fast::RandomState::default());
         Store {
-            cache,
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: Hasher::default(),
+            max_bytes,
+            bytes: AtomicU64::new(0),
+            evict_next: AtomicUsize::new(0),
             max_variants,
             tick: AtomicU64::new(1),
             marker: Marker::default(),
-            tag_counts,
+            tag_counts: Mutex::default(),
             swept: AtomicU64::new(0),
-            evictions,
+            evictions: prometheus_client::metrics::counter::Counter::default(),
         }
+    }
+
+    /// The table hash of a digest, and the shard it lives in (bits the table does
+    /// not use for its buckets or control bytes).
+    fn locate(&self, digest: u128) -> (u64, &RwLock<Shard>) {
+        let hash = self.hasher.hash_one(digest);
+        let shard = (hash >> 32) as usize % SHARDS;
+        (hash, &self.shards[shard])
+    }
+
+    /// Keeps the tag counters equal to the tags of what is stored.
+    fn count_tags(&self, entry: &KeyEntry, add: bool) {
+        let mut counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
+        for response in entry.variants.responses() {
+            for tag in response.tags.iter() {
+                if add {
+                    *counts.entry(tag.clone()).or_default() += 1;
+                } else if let Some(n) = counts.get_mut(tag) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(tag);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Accounts for an entry that left the store.
+    fn gone(&self, entry: &KeyEntry) {
+        self.bytes
+            .fetch_sub(u64::from(entry.weight), Ordering::Relaxed);
+        self.count_tags(entry, false);
     }
 
     /// The purge generation to record when a fetch starts.
@@ -365,35 +532,41 @@ impl Store {
     }
 
     pub fn lookup(&self, key: &CacheKey, req: &HeaderMap) -> Lookup {
-        let Some(entry) = self.cache.get(&key.digest) else {
-            return Lookup::Miss;
-        };
-        if *entry.full_key != *key.full {
-            return Lookup::Miss; // digest collision: never serve another URL's content
-        }
-        match entry
-            .variants
-            .iter()
-            .find(|v| v.response.variant.matches(req))
-        {
-            Some(v) => {
-                if entry.variants.len() > 1 {
-                    v.used
-                        .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-                }
-                match self.judge(&entry.full_key, key.digest, &v.response, false) {
-                    Validity::Valid => Lookup::Hit(v.response.clone()),
-                    Validity::SoftPurged => Lookup::SoftPurged(v.response.clone()),
-                    Validity::HardPurged => Lookup::Miss,
-                }
+        let (hash, shard) = self.locate(key.digest);
+        let found = {
+            let shard = read(shard);
+            let Some(entry) = shard.position(hash, &key.full).map(|i| &shard.entries[i]) else {
+                return Lookup::Miss;
+            };
+            if !entry.referenced.load(Ordering::Relaxed) {
+                entry.referenced.store(true, Ordering::Relaxed);
             }
-            None => Lookup::VaryMiss,
+            match &entry.variants {
+                Variants::One(r) => r.variant.matches(req).then(|| r.clone()),
+                Variants::Many(slots) => slots
+                    .iter()
+                    .find(|s| s.response.variant.matches(req))
+                    .map(|s| {
+                        s.used
+                            .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                        s.response.clone()
+                    }),
+            }
+        };
+        let Some(response) = found else {
+            return Lookup::VaryMiss;
+        };
+        match self.judge(&key.full, key.digest, &response, false) {
+            Validity::Valid => Lookup::Hit(response),
+            Validity::SoftPurged => Lookup::SoftPurged(response),
+            Validity::HardPurged => Lookup::Miss,
         }
     }
 
     /// Stores a variant. It replaces the variant with the same selecting values; a
     /// different set of Vary names replaces all older variants (the origin changed
     /// its selection rule). Beyond `max_variants` the least recently used goes.
+    /// Older variants a purge covers are not carried over.
     ///
     /// A response whose fetch started before a hard purge covering it is not stored
     /// (the in-flight race); before a soft purge, it is stored already stale.
@@ -404,57 +577,72 @@ impl Store {
             Validity::HardPurged => return,
         }
         let response = Arc::new(response);
-        let max = self.max_variants;
         let now = self.tick.fetch_add(1, Ordering::Relaxed);
-        self.cache.entry(key.digest).and_upsert_with(|existing| {
-            let mut variants = vec![Slot {
-                response: response.clone(),
-                used: AtomicU64::new(now),
-            }];
-            if let Some(old) = existing {
-                let old = old.into_value();
-                if *old.full_key == *key.full {
-                    variants.extend(
-                        old.variants
-                            .iter()
-                            .filter(|v| {
-                                v.response.variant.same_names(&response.variant)
-                                    && v.response.variant != response.variant
-                            })
-                            .map(|v| Slot {
-                                response: v.response.clone(),
-                                used: AtomicU64::new(v.used.load(Ordering::Relaxed)),
-                            }),
-                    );
+        let (hash, shard) = self.locate(key.digest);
+        let mut shard = write(shard);
+        let at = shard.position(hash, &key.full);
+        let mut slots = vec![Slot {
+            response: response.clone(),
+            used: AtomicU64::new(now),
+        }];
+        if let Some(old) = at.map(|i| &shard.entries[i]) {
+            slots.extend(old.variants.slots().into_iter().filter(|v| {
+                v.response.variant.same_names(&response.variant)
+                    && v.response.variant != response.variant
+                    && self.judge(&key.full, key.digest, &v.response, false) == Validity::Valid
+            }));
+        }
+        while slots.len() > self.max_variants.max(1) {
+            let lru = (1..slots.len())
+                .min_by_key(|&i| slots[i].used.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            slots.remove(lru);
+        }
+        let entry = KeyEntry::new(key.full.as_str().into(), Variants::from_slots(slots));
+        self.count_tags(&entry, true);
+        self.bytes
+            .fetch_add(u64::from(entry.weight), Ordering::Relaxed);
+        match at {
+            Some(i) => {
+                let old = std::mem::replace(&mut shard.entries[i], entry);
+                self.gone(&old);
+            }
+            None => shard.push(hash, entry, &self.hasher),
+        }
+        drop(shard);
+        self.evict_to_budget();
+    }
+
+    /// Evicts until the budget holds, a shard at a time, round robin. A round of
+    /// shards that all had nothing cold cleared every bit; the next round evicts.
+    fn evict_to_budget(&self) {
+        let mut empty = 0;
+        while self.bytes.load(Ordering::Relaxed) > self.max_bytes && empty < 2 * SHARDS {
+            let i = self.evict_next.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let evicted = write(&self.shards[i]).evict_one(&self.hasher);
+            match evicted {
+                Some(entry) => {
+                    self.gone(&entry);
+                    self.evictions.inc();
+                    empty = 0;
                 }
+                None => empty += 1,
             }
-            while variants.len() > max {
-                let lru = (1..variants.len())
-                    .min_by_key(|&i| variants[i].used.load(Ordering::Relaxed))
-                    .unwrap_or(0);
-                variants.remove(lru);
-            }
-            let entry = KeyEntry {
-                full_key: key.full.as_str().into(),
-                variants,
-            };
-            count_tags(&self.tag_counts, &entry, true);
-            Arc::new(entry)
-        });
+        }
     }
 
     /// Variants stored under `key`.
     pub fn variants(&self, key: &CacheKey) -> usize {
-        self.cache
-            .get(&key.digest)
-            .filter(|e| *e.full_key == *key.full)
-            .map_or(0, |e| e.variants.len())
+        let (hash, shard) = self.locate(key.digest);
+        let shard = read(shard);
+        shard
+            .position(hash, &key.full)
+            .map_or(0, |i| shard.entries[i].variants.len())
     }
 
     /// Applies a purge: O(items) marks, plus the removal of each purged URL's
     /// variants. `url_keys` are the keys of `purge.urls`, in order.
     pub fn purge(&self, purge: &Purge, url_keys: &[CacheKey]) -> PurgeReport {
-        self.cache.run_pending_tasks();
         let mut report = PurgeReport {
             soft: purge.soft,
             dry_run: purge.dry_run,
@@ -474,20 +662,25 @@ impl Store {
         for p in &purge.prefixes {
             let count = purge.dry_run.then(|| {
                 let want = crate::purge::normalize_prefix(p);
-                self.cache
-                    .iter()
-                    .filter(|(_, e)| {
-                        e.full_key
-                            .split_once("://")
-                            .is_some_and(|(_, r)| r.starts_with(want.as_str()))
-                    })
-                    .map(|(_, e)| e.variants.len())
-                    .sum()
+                let mut n = 0;
+                for shard in self.shards.iter() {
+                    n += read(shard)
+                        .entries
+                        .iter()
+                        .filter(|e| {
+                            e.full_key
+                                .split_once("://")
+                                .is_some_and(|(_, r)| r.starts_with(want.as_str()))
+                        })
+                        .map(|e| e.variants.len())
+                        .sum::<usize>();
+                }
+                n
             });
             report.prefixes.insert(p.clone(), count);
         }
         if purge.all {
-            report.all = Some(self.cache.entry_count());
+            report.all = Some(self.len());
         }
         if purge.dry_run {
             return report;
@@ -502,6 +695,51 @@ impl Store {
         report
     }
 
+    /// Does a purge cover any variant of this entry?
+    fn covered(&self, entry: &KeyEntry) -> bool {
+        let last = self.marker.last_purge();
+        if entry.variants.responses().all(|r| r.fetched_gen >= last) {
+            return false; // the judge's own fast path, without hashing the key
+        }
+        let digest = entry.digest();
+        entry
+            .variants
+            .responses()
+            .any(|r| self.judge(&entry.full_key, digest, r, false) != Validity::Valid)
+    }
+
+    /// The keys of a shard's entries that a purge covers. The shard's read lock is
+    /// held for a chunk at a time; if entries moved meanwhile (a removal), the scan
+    /// starts over, and after a few tries it holds the lock for the whole shard.
+    /// Entries stored or replaced during the scan were judged when they were stored.
+    fn covered_keys(&self, shard: &RwLock<Shard>) -> Vec<Box<str>> {
+        let mut found = Vec::new();
+        for attempt in 0.. {
+            found.clear();
+            let chunk = if attempt < 3 { SWEEP_CHUNK } else { usize::MAX };
+            let mut at: usize = 0;
+            let mut moves = None;
+            loop {
+                let guard = read(shard);
+                if moves.is_some_and(|m| m != guard.moves) {
+                    break; // positions shifted: start over
+                }
+                moves = Some(guard.moves);
+                let end = at.saturating_add(chunk).min(guard.entries.len());
+                for entry in guard.entries.get(at..end).unwrap_or_default() {
+                    if self.covered(entry) {
+                        found.push(entry.full_key.clone());
+                    }
+                }
+                if end >= guard.entries.len() {
+                    return found;
+                }
+                at = end;
+            }
+        }
+        found
+    }
+
     /// Reclaims the memory of purged entries: hard-purged variants go, soft-purged
     /// ones are rewritten as stale (lifetime 0) and judged no more; then the marks
     /// up to the sweep's start generation are dropped. Returns variants removed.
@@ -509,47 +747,47 @@ impl Store {
         let started = self.marker.last_purge();
         self.swept.store(started, Ordering::Release);
         let mut removed = 0;
-        for (digest, entry) in self.cache.iter() {
-            let verdicts: Vec<Validity> = entry
-                .variants
-                .iter()
-                .map(|v| self.judge(&entry.full_key, *digest, &v.response, false))
-                .collect();
-            if verdicts.iter().all(|v| *v == Validity::Valid) {
-                continue;
-            }
-            let mut variants = Vec::new();
-            for (slot, verdict) in entry.variants.iter().zip(&verdicts) {
-                match verdict {
-                    Validity::HardPurged => removed += 1,
-                    Validity::Valid => variants.push(Slot {
-                        response: slot.response.clone(),
-                        used: AtomicU64::new(slot.used.load(Ordering::Relaxed)),
-                    }),
-                    Validity::SoftPurged => {
-                        let stale = StoredResponse {
-                            lifetime: Duration::ZERO,
-                            fetched_gen: started,
-                            ..(*slot.response).clone()
-                        };
-                        variants.push(Slot {
-                            response: Arc::new(stale),
-                            used: AtomicU64::new(slot.used.load(Ordering::Relaxed)),
-                        });
+        for shard in self.shards.iter() {
+            for full_key in self.covered_keys(shard) {
+                let digest = crate::key::digest(&full_key);
+                let hash = self.hasher.hash_one(digest);
+                let mut guard = write(shard);
+                let Some(at) = guard.position(hash, &full_key) else {
+                    continue; // gone meanwhile
+                };
+                let mut slots = Vec::new();
+                for slot in guard.entries[at].variants.slots() {
+                    match self.judge(&full_key, digest, &slot.response, false) {
+                        Validity::HardPurged => removed += 1,
+                        Validity::Valid => slots.push(slot),
+                        Validity::SoftPurged => {
+                            let stale = StoredResponse {
+                                lifetime: Duration::ZERO,
+                                fetched_gen: started,
+                                ..(*slot.response).clone()
+                            };
+                            slots.push(Slot {
+                                response: Arc::new(stale),
+                                used: slot.used,
+                            });
+                        }
                     }
                 }
-            }
-            let full_key = entry.full_key.clone();
-            if variants.is_empty() {
-                self.cache.invalidate(&*digest);
-            } else {
-                let rewritten = KeyEntry { full_key, variants };
-                count_tags(&self.tag_counts, &rewritten, true);
-                self.cache.insert(*digest, Arc::new(rewritten));
+                let old = if slots.is_empty() {
+                    guard.remove_at(at, &self.hasher)
+                } else {
+                    let rewritten = KeyEntry::new(full_key, Variants::from_slots(slots));
+                    self.count_tags(&rewritten, true);
+                    self.bytes
+                        .fetch_add(u64::from(rewritten.weight), Ordering::Relaxed);
+                    Some(std::mem::replace(&mut guard.entries[at], rewritten))
+                };
+                if let Some(old) = old {
+                    self.gone(&old);
+                }
             }
         }
         self.marker.forget_up_to(started);
-        self.cache.run_pending_tasks();
         removed
     }
 
@@ -560,7 +798,6 @@ impl Store {
 
     /// Distinct tags in the tag index.
     pub fn tag_index_len(&self) -> usize {
-        self.cache.run_pending_tasks();
         self.tag_counts.lock().map(|c| c.len()).unwrap_or(0)
     }
 
@@ -571,23 +808,33 @@ impl Store {
 
     /// Removes every variant stored under `key` (RFC 9111 §4.4 invalidation).
     pub fn invalidate(&self, key: &CacheKey) {
-        self.cache.invalidate(&key.digest);
+        let (hash, shard) = self.locate(key.digest);
+        let removed = {
+            let mut shard = write(shard);
+            shard
+                .position(hash, &key.full)
+                .and_then(|at| shard.remove_at(at, &self.hasher))
+        };
+        if let Some(entry) = removed {
+            self.gone(&entry);
+        }
     }
 
-    /// Number of primary keys stored (approximate until pending tasks run).
+    /// Number of primary keys stored.
     pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.shards
+            .iter()
+            .map(|s| read(s).entries.len() as u64)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Bytes accounted by the weigher.
+    /// Bytes accounted against the budget.
     pub fn weighted_size(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.weighted_size()
+        self.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -830,5 +1077,90 @@ mod tests {
         );
         assert!(store.weighted_size() >= 10);
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn the_budget_holds_and_a_hit_entry_gets_a_second_chance() {
+        // About 40 entries of 1 KiB fit in 48 KiB.
+        let store = Store::new(48 << 10, 4);
+        let body: &'static str = Box::leak("x".repeat(1024).into_boxed_str());
+        let hot = key("/hot");
+        store.insert(&hot, stored(Variant::default(), body));
+        for i in 0..1000 {
+            store.insert(
+                &key(&format!("/cold/{i}")),
+                stored(Variant::default(), body),
+            );
+            // The hot entry is hit between insertions: the hand always finds it used.
+            assert!(
+                matches!(store.lookup(&hot, &HeaderMap::new()), Lookup::Hit(_)),
+                "the hot entry was evicted after {i} insertions"
+            );
+            assert!(store.weighted_size() <= 48 << 10);
+        }
+        let evicted = store.evictions.get();
+        assert!(evicted > 900, "{evicted} evictions");
+        assert_eq!(store.len() + evicted, 1001);
+        // The most recent cold entry is there; the first is long gone.
+        assert!(matches!(
+            store.lookup(&key("/cold/999"), &HeaderMap::new()),
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            store.lookup(&key("/cold/0"), &HeaderMap::new()),
+            Lookup::Miss
+        ));
+        // Every way out kept the byte count exact.
+        for i in 0..1000 {
+            store.invalidate(&key(&format!("/cold/{i}")));
+        }
+        store.invalidate(&hot);
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.weighted_size(), 0);
+    }
+
+    #[test]
+    fn removals_keep_every_position_in_the_index_right() {
+        let store = Store::new(1 << 30, 4);
+        let keys: Vec<CacheKey> = (0..5000).map(|i| key(&format!("/k/{i}"))).collect();
+        for k in &keys {
+            store.insert(k, stored(Variant::default(), "v"));
+        }
+        // Remove every third: the last entry of a shard moves into each hole.
+        for k in keys.iter().step_by(3) {
+            store.invalidate(k);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let found = matches!(store.lookup(k, &HeaderMap::new()), Lookup::Hit(_));
+            assert_eq!(found, i % 3 != 0, "{}", k.full);
+        }
+        assert_eq!(store.len(), 5000 - 1667);
+    }
+
+    #[test]
+    fn a_sweep_finds_purged_entries_in_every_shard() {
+        let store = Store::new(1 << 30, 4);
+        let g = store.generation();
+        for i in 0..3000 {
+            let tag = if i % 2 == 0 { "even" } else { "odd" };
+            store.insert(&key(&format!("/s/{i}")), tagged(&[tag], g));
+        }
+        store.purge(
+            &Purge {
+                tags: vec!["even".into()],
+                ..Purge::default()
+            },
+            &[],
+        );
+        assert_eq!(store.sweep(), 1500);
+        assert_eq!(store.purge_marks(), 0);
+        assert_eq!(store.len(), 1500);
+        for i in 0..3000 {
+            let found = matches!(
+                store.lookup(&key(&format!("/s/{i}")), &HeaderMap::new()),
+                Lookup::Hit(_)
+            );
+            assert_eq!(found, i % 2 == 1);
+        }
     }
 }
