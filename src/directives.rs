@@ -161,6 +161,83 @@ impl Directives {
     }
 }
 
+/// The response directives of a stored response, packed: 20 bytes where
+/// [`Directives`] takes 60. An absent value is `u32::MAX` (parsed values are at most
+/// [`DELTA_MAX`]); the request-only directives are not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredDirectives {
+    max_age: u32,
+    s_maxage: u32,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    flags: u16,
+}
+
+const ABSENT: u32 = u32::MAX;
+
+impl From<&Directives> for StoredDirectives {
+    fn from(d: &Directives) -> StoredDirectives {
+        let pack = |v: Option<u32>| v.map_or(ABSENT, |n| n.min(DELTA_MAX));
+        let flags = [
+            d.no_cache,
+            d.no_store,
+            d.private,
+            d.public,
+            d.must_revalidate,
+            d.proxy_revalidate,
+            d.must_understand,
+            d.immutable,
+            d.no_transform,
+        ]
+        .iter()
+        .enumerate()
+        .fold(0u16, |acc, (i, &set)| acc | (u16::from(set) << i));
+        StoredDirectives {
+            max_age: pack(d.max_age),
+            s_maxage: pack(d.s_maxage),
+            stale_while_revalidate: pack(d.stale_while_revalidate),
+            stale_if_error: pack(d.stale_if_error),
+            flags,
+        }
+    }
+}
+
+impl From<Directives> for StoredDirectives {
+    fn from(d: Directives) -> StoredDirectives {
+        StoredDirectives::from(&d)
+    }
+}
+
+impl Default for StoredDirectives {
+    fn default() -> StoredDirectives {
+        StoredDirectives::from(&Directives::default())
+    }
+}
+
+impl StoredDirectives {
+    /// The directives as parsed (request-only ones absent).
+    pub fn get(&self) -> Directives {
+        let value = |v: u32| (v != ABSENT).then_some(v);
+        let flag = |i: u32| self.flags & (1 << i) != 0;
+        Directives {
+            max_age: value(self.max_age),
+            s_maxage: value(self.s_maxage),
+            no_cache: flag(0),
+            no_store: flag(1),
+            private: flag(2),
+            public: flag(3),
+            must_revalidate: flag(4),
+            proxy_revalidate: flag(5),
+            must_understand: flag(6),
+            immutable: flag(7),
+            no_transform: flag(8),
+            stale_while_revalidate: value(self.stale_while_revalidate),
+            stale_if_error: value(self.stale_if_error),
+            ..Directives::default()
+        }
+    }
+}
+
 /// For `max-age`/`s-maxage`: malformed or conflicting duplicates mean "stale" (0).
 fn merge_strict(old: Option<u32>, arg: Option<&str>) -> u32 {
     match (old, arg.and_then(parse_delta)) {
@@ -443,5 +520,20 @@ mod tests {
         assert_eq!(parse_delta("1e3"), None);
         assert_eq!(parse_delta(" 1"), None);
         assert_eq!(parse_delta(""), None);
+    }
+
+    #[test]
+    fn stored_directives_keep_every_response_directive() {
+        for text in [
+            "",
+            "max-age=60, s-maxage=0, public",
+            "no-cache, no-store, private, must-revalidate, proxy-revalidate",
+            "must-understand, immutable, no-transform, stale-while-revalidate=30",
+            "stale-if-error=86400, max-age=99999999999",
+        ] {
+            let d = Directives::parse(text);
+            assert_eq!(StoredDirectives::from(&d).get(), d, "{text:?}");
+        }
+        assert_eq!(std::mem::size_of::<StoredDirectives>(), 20);
     }
 }

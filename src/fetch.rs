@@ -262,7 +262,7 @@ impl Proxy {
                 let mut updated =
                     self.refreshed(ctx, stale, &rparts.headers, request_time, response_time);
                 updated.fetched_gen = fetched_gen;
-                let (dirs, lifetime) = (&updated.directives, updated.lifetime);
+                let (dirs, lifetime) = (&updated.directives.get(), updated.lifetime);
                 let verdict = freshness::storable(
                     &ctx.headers,
                     &Directives::default(),
@@ -332,11 +332,9 @@ impl Proxy {
                     status,
                     headers: headers.into(),
                     body: Bytes::new(),
-                    request_time,
-                    response_time,
-                    corrected_initial_age,
+                    born: freshness::Born::new(response_time, corrected_initial_age),
                     lifetime,
-                    directives: dirs,
+                    directives: dirs.into(),
                     variant: Variant::of(&ctx.headers, &names),
                     tags,
                     fetched_gen,
@@ -385,15 +383,12 @@ impl Proxy {
         StoredResponse {
             status: stale.status,
             body: stale.body.clone(),
-            request_time,
-            response_time,
-            corrected_initial_age: freshness::corrected_initial_age(
-                fresh,
-                request_time,
+            born: freshness::Born::new(
                 response_time,
+                freshness::corrected_initial_age(fresh, request_time, response_time),
             ),
             lifetime,
-            directives: dirs,
+            directives: dirs.into(),
             variant: stale.variant.clone(),
             tags,
             fetched_gen: stale.fetched_gen,
@@ -638,7 +633,7 @@ impl Proxy {
             if freshness::reuse(
                 age,
                 entry.lifetime,
-                &entry.directives,
+                &entry.directives.get(),
                 &job.ctx.req_dirs,
                 &self.cfg().policy,
             ) == freshness::Reuse::Fresh
@@ -703,13 +698,13 @@ impl Proxy {
             return false;
         };
         let mut window = freshness::sie_window(
-            &stale.directives,
+            &stale.directives.get(),
             &job.ctx.req_dirs,
             self.cfg().stale_if_error,
         );
         if origin_down || self.origins().all_unhealthy() {
             window = window.max(freshness::grace_window(
-                &stale.directives,
+                &stale.directives.get(),
                 self.cfg().unhealthy_grace,
             ));
         }

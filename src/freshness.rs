@@ -311,8 +311,36 @@ pub fn current_age(
     response_time: SystemTime,
     now: SystemTime,
 ) -> Duration {
-    let resident = now.duration_since(response_time).unwrap_or(Duration::ZERO);
-    corrected_initial_age.saturating_add(resident)
+    Born::new(response_time, corrected_initial_age).age(now)
+}
+
+/// The moment a stored response's age was zero: `response_time −
+/// corrected_initial_age` (§4.2.3), so that its `current_age`, which is
+/// `corrected_initial_age + (now − response_time)`, is `now − born`. Nanoseconds from the Unix epoch,
+/// signed (an `Age` of decades puts it before 1970): 8 bytes where the two values
+/// took 32. If the clock steps back below `response_time`, the age shrinks with it
+/// (never below zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Born(i64);
+
+impl Born {
+    pub fn new(response_time: SystemTime, corrected_initial_age: Duration) -> Born {
+        let age = i64::try_from(corrected_initial_age.as_nanos()).unwrap_or(i64::MAX);
+        Born(epoch_nanos(response_time).saturating_sub(age))
+    }
+
+    /// `current_age` at `now`.
+    pub fn age(self, now: SystemTime) -> Duration {
+        let age = epoch_nanos(now).saturating_sub(self.0);
+        Duration::from_nanos(u64::try_from(age).unwrap_or(0))
+    }
+}
+
+fn epoch_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
 }
 
 /// The value of an `Age` header: whole seconds, capped per §1.2.2.
@@ -809,5 +837,19 @@ mod tests {
                 "age {age} life {life} res {res:?} req {req:?}"
             );
         }
+    }
+
+    #[test]
+    fn born_gives_current_age_even_for_ages_older_than_the_epoch() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        let born = Born::new(epoch + Duration::from_secs(10), century);
+        assert_eq!(
+            born.age(epoch + Duration::from_secs(20)),
+            century + Duration::from_secs(10)
+        );
+        // A clock behind the birth: zero, not a wrapped huge age.
+        let born = Born::new(epoch + Duration::from_secs(100), Duration::ZERO);
+        assert_eq!(born.age(epoch + Duration::from_secs(50)), Duration::ZERO);
     }
 }

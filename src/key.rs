@@ -423,11 +423,14 @@ pub fn vary_names(res: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(names)
 }
 
+/// A varied field's name and its normalized value in the request (`None`: absent).
+pub type VariedField = (HeaderName, Option<Box<[u8]>>);
+
 /// The request side of a stored variant: the varied fields and their normalized
 /// values (see [`crate::vary::vary_value`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Variant {
-    pub fields: Vec<(HeaderName, Option<Box<[u8]>>)>,
+    pub fields: Box<[VariedField]>,
 }
 
 impl Variant {

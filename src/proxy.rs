@@ -465,7 +465,7 @@ impl Proxy {
                 match freshness::reuse(
                     age,
                     entry.lifetime,
-                    &entry.directives,
+                    &entry.directives.get(),
                     &ctx.req_dirs,
                     &cfg.policy,
                 ) {
@@ -487,7 +487,7 @@ impl Proxy {
                                 age,
                                 entry.lifetime,
                                 freshness::swr_window(
-                                    &entry.directives,
+                                    &entry.directives.get(),
                                     cfg.stale_while_revalidate,
                                 ),
                             ) =>

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
 
-use crate::directives::Directives;
+use crate::directives::StoredDirectives;
 use crate::key::{CacheKey, Variant};
 use crate::purge::{Marker, Purge, Subject, Validity};
 
@@ -30,12 +30,12 @@ pub struct StoredResponse {
     /// End-to-end headers as received (hop-by-hop fields and `Age` removed).
     pub headers: StoredHeaders,
     pub body: Bytes,
-    pub request_time: SystemTime,
-    pub response_time: SystemTime,
-    pub corrected_initial_age: Duration,
+    /// When its age was zero (from the request and response times and the
+    /// corrected initial age of §4.2.3).
+    pub born: crate::freshness::Born,
     pub lifetime: Duration,
     /// The directives Lacquer obeys for this response (targeted field or Cache-Control).
-    pub directives: Directives,
+    pub directives: StoredDirectives,
     /// The request fields that selected this variant.
     pub variant: Variant,
     /// Surrogate keys (tags) of this response.
@@ -59,8 +59,9 @@ pub struct StoredResponse {
 #[derive(Default)]
 pub struct RenderedHead {
     rendering: arc_swap::ArcSwapOption<Rendered>,
-    /// The age second of the last hit that found no rendering, plus one (0: none).
-    last_miss: AtomicU64,
+    /// The age second of the last hit that found no rendering, plus one (0: none),
+    /// truncated to 32 bits (a wrong match once in 136 years costs one rendering).
+    last_miss: AtomicU32,
 }
 
 struct Rendered {
@@ -84,7 +85,8 @@ impl RenderedHead {
 
     /// Is a rendering worth keeping: was this entry already hit in this second?
     pub fn wanted(&self, age: u64) -> bool {
-        self.last_miss.swap(age + 1, Ordering::Relaxed) == age + 1
+        let mark = (age as u32).wrapping_add(1);
+        self.last_miss.swap(mark, Ordering::Relaxed) == mark
     }
 
     pub fn set(&self, generation: u64, age: u64, ttl: i64, headers: HeaderMap) {
@@ -97,76 +99,75 @@ impl RenderedHead {
     }
 }
 
-/// The stored header fields of a response: names and values in one buffer of
-/// exactly their size, and where each field ends. A `HeaderMap` keeps index and
-/// bucket tables sized for growth (624 bytes for 5 fields, measured by the purge
-/// bench); this keeps the bytes and 8 more per field. Values as hyper parses them
-/// are slices of the connection's read buffer, so storing them as they are would
-/// also keep that whole buffer (8 KiB or more) alive with the entry: the copy here
-/// never does. Requests that need the fields as a map (a rendering, a 304, a range,
-/// a revalidation) build one with [`StoredHeaders::to_map`], whose values share
-/// this buffer.
+/// The stored header fields of a response: each name and each value followed by a
+/// NUL byte, in one buffer of exactly that size (neither a name nor a value can hold
+/// a NUL: RFC 9110 §5.5). A `HeaderMap` keeps index and bucket tables sized for
+/// growth (624 bytes for 5 fields, measured by the purge bench); this keeps the bytes
+/// and 2 more per field. Values as hyper parses them are slices of the connection's
+/// read buffer, so storing them as they are would also keep that whole buffer (8 KiB
+/// or more) alive with the entry: the copy here never does. Requests that need the
+/// fields as a map (a rendering, a 304, a range, a revalidation) build one with
+/// [`StoredHeaders::to_map`], whose values share this buffer.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct StoredHeaders {
     buf: bytes::Bytes,
-    /// For each field: where its name ends and where its value ends in `buf` (a
-    /// field starts where the previous one ended).
-    ends: Box<[(u32, u32)]>,
 }
 
 impl StoredHeaders {
+    /// The fields of `headers`, in order. A value holding a NUL (which no parser
+    /// lets through) is left out rather than stored misaligned.
     pub fn from_map(headers: &HeaderMap) -> StoredHeaders {
         let total: usize = headers
             .iter()
-            .map(|(n, v)| n.as_str().len() + v.len())
+            .map(|(n, v)| n.as_str().len() + v.len() + 2)
             .sum();
         let mut buf = Vec::with_capacity(total);
-        let mut ends = Vec::with_capacity(headers.len());
         for (name, value) in headers {
+            if value.as_bytes().contains(&0) {
+                continue;
+            }
             buf.extend_from_slice(name.as_str().as_bytes());
-            let name_end = buf.len();
+            buf.push(0);
             buf.extend_from_slice(value.as_bytes());
-            // A head is far below 4 GiB (max_header_bytes); saturate rather than wrap.
-            let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-            ends.push((at(name_end), at(buf.len())));
+            buf.push(0);
         }
         StoredHeaders {
             buf: bytes::Bytes::from(buf),
-            ends: ends.into_boxed_slice(),
         }
     }
 
     /// The fields as (name, value) byte strings, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        let mut start = 0usize;
-        self.ends.iter().filter_map(move |&(name_end, end)| {
-            let (name_end, end) = (name_end as usize, end as usize);
-            let field = self
-                .buf
-                .get(start..name_end)
-                .zip(self.buf.get(name_end..end));
-            start = end;
-            field
+        self.spans()
+            .filter_map(|(name, value)| self.buf.get(name).zip(self.buf.get(value)))
+    }
+
+    /// Where each field's name and value are in the buffer.
+    fn spans(&self) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> + '_ {
+        let mut at = 0usize;
+        std::iter::from_fn(move || {
+            let rest = self.buf.get(at..)?;
+            let name_end = at + rest.iter().position(|&b| b == 0)?;
+            let value_end =
+                name_end + 1 + self.buf.get(name_end + 1..)?.iter().position(|&b| b == 0)?;
+            let field = (at..name_end, name_end + 1..value_end);
+            at = value_end + 1;
+            Some(field)
         })
     }
 
     /// The fields as a map; the values share this buffer (no copy).
     pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.ends.len());
-        let mut start = 0usize;
-        for &(name_end, end) in self.ends.iter() {
-            let (name_end, end) = (name_end as usize, end as usize);
+        let mut map = HeaderMap::with_capacity(self.len());
+        for (name, value) in self.spans() {
             let name = self
                 .buf
-                .get(start..name_end)
+                .get(name)
                 .and_then(|n| http::HeaderName::from_bytes(n).ok());
-            let value = (name_end <= end && end <= self.buf.len())
-                .then(|| HeaderValue::from_maybe_shared(self.buf.slice(name_end..end)).ok())
-                .flatten();
+            let value = HeaderValue::from_maybe_shared(self.buf.slice(value)).ok();
             if let (Some(name), Some(value)) = (name, value) {
                 map.append(name, value);
             }
-            start = end;
         }
         map
     }
@@ -178,18 +179,37 @@ impl StoredHeaders {
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.buf.iter().filter(|&&b| b == 0).count() / 2
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.buf.is_empty()
     }
 
     /// Heap bytes held (for the store's weights).
     pub fn heap_bytes(&self) -> usize {
-        self.buf.len() + self.ends.len() * std::mem::size_of::<(u32, u32)>()
+        self.buf.len()
+    }
+
+    /// Moves a small body into the fields' buffer: one allocation (and one shared
+    /// handle) for both instead of two. The body is then a slice of that buffer.
+    pub fn take_in(&mut self, body: &mut Bytes) {
+        if body.is_empty() || body.len() > SMALL_BODY {
+            return;
+        }
+        let fields = self.buf.len();
+        let mut buf = Vec::with_capacity(fields + body.len());
+        buf.extend_from_slice(&self.buf);
+        buf.extend_from_slice(body);
+        let all = Bytes::from(buf);
+        self.buf = all.slice(..fields);
+        *body = all.slice(fields..);
     }
 }
+
+/// Bodies up to this size share their entry's header buffer (see
+/// [`StoredHeaders::take_in`]); a larger body's own allocation is noise beside it.
+const SMALL_BODY: usize = 4096;
 
 impl From<HeaderMap> for StoredHeaders {
     fn from(headers: HeaderMap) -> StoredHeaders {
@@ -230,7 +250,7 @@ impl StoredResponse {
     }
 
     pub fn age(&self, now: SystemTime) -> Duration {
-        crate::freshness::current_age(self.corrected_initial_age, self.response_time, now)
+        self.born.age(now)
     }
 }
 
@@ -509,6 +529,25 @@ impl Store {
         }
     }
 
+    /// Makes `tags` share the tag index's strings: a tag carried by a million
+    /// entries is then stored once, not a million times.
+    fn intern_tags(&self, tags: &mut Arc<[Arc<str>]>) {
+        if tags.is_empty() {
+            return;
+        }
+        let counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = |t: &Arc<str>| counts.get_key_value(t).map(|(k, _)| k.clone());
+        if tags
+            .iter()
+            .any(|t| shared(t).is_some_and(|k| !Arc::ptr_eq(&k, t)))
+        {
+            *tags = tags
+                .iter()
+                .map(|t| shared(t).unwrap_or_else(|| t.clone()))
+                .collect();
+        }
+    }
+
     /// Accounts for an entry that left the store.
     fn gone(&self, entry: &KeyEntry) {
         self.bytes
@@ -576,6 +615,8 @@ impl Store {
             Validity::SoftPurged => response.lifetime = Duration::ZERO,
             Validity::HardPurged => return,
         }
+        response.headers.take_in(&mut response.body);
+        self.intern_tags(&mut response.tags);
         let response = Arc::new(response);
         let now = self.tick.fetch_add(1, Ordering::Relaxed);
         let (hash, shard) = self.locate(key.digest);
@@ -863,8 +904,8 @@ mod tests {
             Some(&b"max-age=60"[..])
         );
         assert_eq!(stored.len(), 4);
-        // The names and values (59 bytes) and two offsets a field: no tables.
-        assert_eq!(stored.heap_bytes(), 59 + 4 * 8);
+        // The names and values (59 bytes) and two NULs a field: no tables.
+        assert_eq!(stored.heap_bytes(), 59 + 4 * 2);
         let range = buffer.as_ptr_range();
         for (_, v) in &c {
             assert!(
@@ -882,11 +923,9 @@ mod tests {
             status: StatusCode::OK,
             headers: StoredHeaders::default(),
             body: Bytes::from_static(body.as_bytes()),
-            request_time: SystemTime::UNIX_EPOCH,
-            response_time: SystemTime::UNIX_EPOCH,
-            corrected_initial_age: Duration::ZERO,
+            born: crate::freshness::Born::new(SystemTime::UNIX_EPOCH, Duration::ZERO),
             lifetime: Duration::from_secs(60),
-            directives: Directives::default(),
+            directives: StoredDirectives::default(),
             variant,
             tags: Vec::new().into(),
             fetched_gen: 0,
@@ -1161,6 +1200,37 @@ mod tests {
                 Lookup::Hit(_)
             );
             assert_eq!(found, i % 2 == 1);
+        }
+    }
+
+    #[test]
+    fn a_small_body_shares_the_fields_buffer_and_tags_share_the_index() {
+        let store = Store::new(1 << 20, 4);
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert("surrogate-key", HeaderValue::from_static("a b"));
+        for path in ["/1", "/2"] {
+            let mut r = tagged(&["a", "b"], store.generation());
+            r.headers = StoredHeaders::from_map(&h);
+            r.body = Bytes::copy_from_slice(b"0123456789abcdef");
+            store.insert(&key(path), r);
+        }
+        let get = |path| match store.lookup(&key(path), &HeaderMap::new()) {
+            Lookup::Hit(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let (one, two) = (get("/1"), get("/2"));
+        assert_eq!(one.body, "0123456789abcdef");
+        assert_eq!(one.headers.to_map(), h);
+        assert_eq!(one.headers.len(), 2);
+        let fields = one.headers.buf.as_ptr_range();
+        assert_eq!(
+            fields.end,
+            one.body.as_ptr(),
+            "the body follows the fields in one buffer"
+        );
+        for (a, b) in one.tags.iter().zip(two.tags.iter()) {
+            assert!(Arc::ptr_eq(a, b), "tag {a} is stored once");
         }
     }
 }
