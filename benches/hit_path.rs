@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use lacquer::directives::Directives;
 use lacquer::freshness::{self, Policy};
 use lacquer::key::{primary_key, KeyHeader, KeyRule, Variant};
-use lacquer::store::{Lookup, Store, StoredResponse};
+use lacquer::store::{Fetched, Lookup, Store};
 
 fn bench(c: &mut Criterion) {
     c.bench_function("directives/parse typical", |b| {
@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
     let now = SystemTime::now();
     store.insert(
         &key,
-        StoredResponse {
+        Fetched {
             status: StatusCode::OK,
             headers: Default::default(),
             body: Bytes::from(vec![b'x'; 1024]),
@@ -75,7 +75,6 @@ fn bench(c: &mut Criterion) {
             variant: Variant::default(),
             tags: Vec::new().into(),
             fetched_gen: 0,
-            rendered: Default::default(),
         },
     );
     let policy = Policy::default();
@@ -88,7 +87,7 @@ fn bench(c: &mut Criterion) {
                 let age = entry.age(now);
                 black_box(freshness::reuse(
                     age,
-                    entry.lifetime,
+                    entry.lifetime(),
                     &entry.directives.get(),
                     &req_dirs,
                     &policy,
@@ -115,7 +114,7 @@ fn variants(c: &mut Criterion) {
             req.insert("accept-language", HeaderValue::from_static(lang));
             store.insert(
                 &key,
-                StoredResponse {
+                Fetched {
                     status: StatusCode::OK,
                     headers: Default::default(),
                     body: Bytes::from_static(b"x"),
@@ -125,7 +124,6 @@ fn variants(c: &mut Criterion) {
                     variant: Variant::of(&req, &names),
                     tags: Vec::new().into(),
                     fetched_gen: 0,
-                    rendered: Default::default(),
                 },
             );
         }

@@ -21,11 +21,11 @@ use lacquer::config::{ConfigFile, OriginSection, Settings, TokenSection};
 use lacquer::directives::Directives;
 use lacquer::key::{primary_key, KeyRule, Variant};
 use lacquer::purge::Purge;
-use lacquer::store::{Store, StoredResponse};
+use lacquer::store::{Fetched, Lookup, Store, StoredResponse};
 
-fn entry(tags: &[Arc<str>], gen: u64) -> StoredResponse {
+fn entry(tags: &[Arc<str>], gen: u64) -> Fetched {
     let now = SystemTime::now();
-    StoredResponse {
+    Fetched {
         status: StatusCode::OK,
         headers: Default::default(),
         body: Bytes::from_static(b"0123456789"),
@@ -35,7 +35,6 @@ fn entry(tags: &[Arc<str>], gen: u64) -> StoredResponse {
         variant: Variant::default(),
         tags: tags.to_vec().into(),
         fetched_gen: gen,
-        rendered: Default::default(),
     }
 }
 
@@ -93,9 +92,9 @@ fn typical_headers() -> HeaderMap {
 }
 
 /// Where the memory of an entry goes: live heap bytes for 100,000 entries like the
-/// load benchmark's (5 header fields, a 16-byte body, one tag), split into what we
-/// can measure alone; the rest is the store's own structures (the shard's entry list
-/// and hash table, the tag list).
+/// load benchmark's (5 header fields, a 16-byte body, one tag), each hit once (a
+/// hit gives the entry's buffer its shared handle), split into the stored response
+/// (measured alone) and the store's own structures (the rest).
 fn memory_breakdown() {
     const N: usize = 100_000;
     let headers = typical_headers();
@@ -104,6 +103,12 @@ fn memory_breakdown() {
         .map(|(n, v)| n.as_str().len() + v.len())
         .sum();
     let tag: Arc<str> = Arc::from("campaign:all");
+    let fetched = |gen| {
+        let mut e = entry(std::slice::from_ref(&tag), gen);
+        e.headers = lacquer::store::StoredHeaders::from_map(&headers);
+        e.body = Bytes::copy_from_slice(b"0123456789abcdef");
+        e
+    };
 
     let base = live_bytes();
     let store = Store::new(16 << 30, 4);
@@ -111,46 +116,47 @@ fn memory_breakdown() {
     for i in 0..N {
         let key = key("127.0.0.1:18102", &format!("/m/{i}"));
         key_bytes += key.full.len();
-        let mut e = entry(std::slice::from_ref(&tag), store.generation());
-        e.headers = lacquer::store::StoredHeaders::from_map(&headers);
-        e.body = Bytes::copy_from_slice(b"0123456789abcdef");
-        store.insert(&key, e);
+        store.insert(&key, fetched(store.generation()));
+        match store.lookup(&key, &HeaderMap::new()) {
+            Lookup::Hit(r) => drop(r.body()),
+            _ => unreachable!("just stored"),
+        }
     }
-    store.len();
     let total = live_bytes().saturating_sub(base) as usize / N;
     drop(store);
 
     let base = live_bytes();
-    let maps: Vec<lacquer::store::StoredHeaders> = (0..N)
-        .map(|_| lacquer::store::StoredHeaders::from_map(&headers))
+    let alone: Vec<Arc<StoredResponse>> = (0..N)
+        .map(|_| {
+            let r = Arc::new(StoredResponse::pack(fetched(0)));
+            drop(r.body());
+            r
+        })
         .collect();
-    let header_heap = live_bytes().saturating_sub(base) as usize / N
-        - std::mem::size_of::<lacquer::store::StoredHeaders>();
-    drop(maps);
+    let response = live_bytes().saturating_sub(base) as usize / N - std::mem::size_of::<usize>();
+    drop(alone);
 
     let key = key_bytes / N;
-    let stored = std::mem::size_of::<StoredResponse>() + 16; // in an Arc
-    let body = 16 + 32; // the bytes, and the shared handle of a frozen buffer
-    let rest = total.saturating_sub(stored + header_heap + key + body);
-    println!("\n## Memory per stored entry (100,000 entries: 5 header fields, 16-byte body, 1 tag; live heap bytes)\n");
+    let payload = key + payload_headers + 16;
+    let arc = std::mem::size_of::<StoredResponse>() + 16;
+    println!("\n## Memory per stored entry (100,000 entries: 5 header fields, 16-byte body, 1 tag, each hit once; live heap bytes)\n");
     println!("| part | bytes per entry |");
     println!("|---|---|");
     println!("| all of it | {total} |");
-    println!(
-        "| key + header names and values + body (the payload) | {} |",
-        key + payload_headers + 16
-    );
+    println!("| key + header names and values + body (the payload) | {payload} |");
     println!(
         "| overhead beyond the payload | {} |",
-        total.saturating_sub(key + payload_headers + 16)
+        total.saturating_sub(payload)
     );
-    println!("| of which `StoredResponse` (in its `Arc`) | {stored} |");
+    println!("| of which `StoredResponse` (in its `Arc`) | {arc} |");
     println!(
-        "| of which the stored header fields' offsets and buffer handle | {} |",
-        header_heap.saturating_sub(payload_headers)
+        "| of which its buffer beyond fields and body (a NUL after each name and value, the tag, the shared handle) | {} |",
+        response.saturating_sub(arc + payload_headers + 16)
     );
-    println!("| of which the body's buffer handle | 32 |");
-    println!("| of which the store's structures (shard entry list and table, tag list) | {rest} |");
+    println!(
+        "| of which the store's structures (entry list, hash table, key allocation) | {} |",
+        total.saturating_sub(response + key)
+    );
 }
 
 fn purge_time(n: usize) -> Duration {

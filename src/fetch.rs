@@ -27,7 +27,7 @@ use crate::key::{self, Variant};
 use crate::origin::{OriginBody, Upstream};
 use crate::outcome::{Fwd, Outcome};
 use crate::proxy::{content_length, plain, response, Ctx, Proxy, CACHE_STATUS};
-use crate::store::StoredResponse;
+use crate::store::{Fetched, StoredResponse};
 
 /// One trip to the origin on behalf of a request (and whoever waits on it).
 #[derive(Clone)]
@@ -48,12 +48,12 @@ enum Exchange {
     },
     /// 304 to our validation: the stale entry with refreshed headers.
     NotModified {
-        updated: StoredResponse,
+        updated: Fetched,
         verdict: Result<(), NotStored>,
     },
     /// A response that may be stored: its head as an entry (empty body) and the body.
     Storable {
-        entry: StoredResponse,
+        entry: Fetched,
         body: OriginBody,
         len: Option<u64>,
     },
@@ -220,7 +220,7 @@ impl Proxy {
                 h.remove(name);
             }
             if let Some(s) = &stale {
-                let stored = s.headers.to_map();
+                let stored = s.headers().to_map();
                 if let Some(etag) = stored.get(ETAG) {
                     h.insert(IF_NONE_MATCH, etag.clone());
                 }
@@ -328,7 +328,7 @@ impl Proxy {
                 let mut headers = rparts.headers;
                 headers.remove(AGE);
                 let tags = self.tags_of(ctx, &headers);
-                let entry = StoredResponse {
+                let entry = Fetched {
                     status,
                     headers: headers.into(),
                     body: Bytes::new(),
@@ -338,7 +338,6 @@ impl Proxy {
                     variant: Variant::of(&ctx.headers, &names),
                     tags,
                     fetched_gen,
-                    rendered: Default::default(),
                 };
                 Exchange::Storable {
                     entry,
@@ -358,9 +357,9 @@ impl Proxy {
         fresh: &HeaderMap,
         request_time: SystemTime,
         response_time: SystemTime,
-    ) -> StoredResponse {
+    ) -> Fetched {
         let policy = &self.cfg().policy;
-        let mut headers = stale.headers.to_map();
+        let mut headers = stale.headers().to_map();
         for name in fresh.keys() {
             if name == CONTENT_LENGTH || name == AGE || name == CACHE_STATUS {
                 continue;
@@ -380,9 +379,9 @@ impl Proxy {
             policy,
         );
         let tags = self.tags_of(ctx, &headers);
-        StoredResponse {
+        Fetched {
             status: stale.status,
-            body: stale.body.clone(),
+            body: stale.body(),
             born: freshness::Born::new(
                 response_time,
                 freshness::corrected_initial_age(fresh, request_time, response_time),
@@ -392,7 +391,6 @@ impl Proxy {
             variant: stale.variant.clone(),
             tags,
             fetched_gen: stale.fetched_gen,
-            rendered: Default::default(),
             headers: headers.into(),
         }
     }
@@ -453,6 +451,7 @@ impl Proxy {
                 }
             }
             Exchange::NotModified { updated, verdict } => {
+                let updated = StoredResponse::pack(updated);
                 if verdict.is_ok() {
                     self.store.insert(&ctx.key, updated.clone());
                 } else {
@@ -487,10 +486,10 @@ impl Proxy {
             Exchange::Storable { entry, body, len } => match guard.take() {
                 Some(mut g) => {
                     let shared_body = SharedBody::new(len);
-                    let head = Arc::new(StoredResponse {
+                    let head = Arc::new(StoredResponse::pack(Fetched {
                         body: Bytes::new(),
                         ..entry.clone()
-                    });
+                    }));
                     let shared = Shared::Stored {
                         entry: head,
                         body: shared_body.clone(),
@@ -500,10 +499,10 @@ impl Proxy {
                     Own::Shared(shared)
                 }
                 None => {
-                    let head = StoredResponse {
+                    let head = StoredResponse::pack(Fetched {
                         body: Bytes::new(),
                         ..entry.clone()
-                    };
+                    });
                     let store = self.store.clone();
                     let key = ctx.key.clone();
                     let mut full = entry;
@@ -536,7 +535,7 @@ impl Proxy {
     fn pump(
         &self,
         ctx: &Ctx,
-        mut entry: StoredResponse,
+        mut entry: Fetched,
         mut body: OriginBody,
         len: Option<u64>,
         shared: SharedBody,
@@ -632,7 +631,7 @@ impl Proxy {
             let age = entry.age(now);
             if freshness::reuse(
                 age,
-                entry.lifetime,
+                entry.lifetime(),
                 &entry.directives.get(),
                 &job.ctx.req_dirs,
                 &self.cfg().policy,
@@ -668,8 +667,8 @@ impl Proxy {
             collapsed,
         };
         let age = entry.age(SystemTime::now());
-        let ttl = freshness::ttl_secs(entry.lifetime, age);
-        let mut headers = entry.headers.to_map();
+        let ttl = freshness::ttl_secs(entry.lifetime(), age);
+        let mut headers = entry.headers().to_map();
         headers.insert(
             AGE,
             http::HeaderValue::from(freshness::age_header_secs(age)),
@@ -709,7 +708,7 @@ impl Proxy {
             ));
         }
         let age = stale.age(SystemTime::now());
-        age < stale.lifetime || freshness::within_stale_window(age, stale.lifetime, window)
+        age < stale.lifetime() || freshness::within_stale_window(age, stale.lifetime(), window)
     }
 
     fn error_response(

@@ -427,40 +427,51 @@ pub fn vary_names(res: &HeaderMap) -> Option<Vec<HeaderName>> {
 pub type VariedField = (HeaderName, Option<Box<[u8]>>);
 
 /// The request side of a stored variant: the varied fields and their normalized
-/// values (see [`crate::vary::vary_value`]).
+/// values (see [`crate::vary::vary_value`]). One pointer wide, and no allocation for
+/// a response without `Vary` (most of them).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Variant {
-    pub fields: Box<[VariedField]>,
+    /// `None` when nothing is varied (never `Some` of an empty list).
+    varied: Option<Box<VariedFields>>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VariedFields(Box<[VariedField]>);
 
 impl Variant {
     pub fn of(req: &HeaderMap, names: &[HeaderName]) -> Variant {
+        let fields: Box<[VariedField]> = names
+            .iter()
+            .map(|n| (n.clone(), crate::vary::vary_value(req, n)))
+            .collect();
         Variant {
-            fields: names
-                .iter()
-                .map(|n| (n.clone(), crate::vary::vary_value(req, n)))
-                .collect(),
+            varied: (!fields.is_empty()).then(|| Box::new(VariedFields(fields))),
         }
+    }
+
+    /// The varied fields, in the order of the response's `Vary`.
+    pub fn fields(&self) -> &[VariedField] {
+        self.varied.as_deref().map_or(&[], |f| &f.0)
     }
 
     /// Does `req` select this variant?
     pub fn matches(&self, req: &HeaderMap) -> bool {
-        self.fields
+        self.fields()
             .iter()
             .all(|(name, value)| crate::vary::vary_value(req, name).as_deref() == value.as_deref())
     }
 
     pub fn same_names(&self, other: &Variant) -> bool {
-        self.fields.len() == other.fields.len()
+        self.fields().len() == other.fields().len()
             && self
-                .fields
+                .fields()
                 .iter()
-                .zip(&other.fields)
+                .zip(other.fields())
                 .all(|(a, b)| a.0 == b.0)
     }
 
     pub fn weight(&self) -> usize {
-        self.fields
+        self.fields()
             .iter()
             .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, |v| v.len()) + 16)
             .sum()
@@ -469,7 +480,7 @@ impl Variant {
     /// `accept-language=en; accept-encoding=gzip` (for debug headers).
     pub fn describe(&self) -> String {
         let mut s = String::new();
-        for (i, (n, v)) in self.fields.iter().enumerate() {
+        for (i, (n, v)) in self.fields().iter().enumerate() {
             if i > 0 {
                 s.push_str("; ");
             }

@@ -452,10 +452,9 @@ impl Proxy {
         let found = match self.store.lookup(&ctx.key, &ctx.headers) {
             Lookup::Hit(entry) => Ok(entry),
             // Soft purge: from now on the entry counts as expired (stale content only).
-            Lookup::SoftPurged(entry) => Ok(Arc::new(StoredResponse {
-                lifetime: std::time::Duration::ZERO,
-                ..(*entry).clone()
-            })),
+            Lookup::SoftPurged(entry) => Ok(Arc::new(
+                entry.restamped(std::time::Duration::ZERO, entry.fetched_gen),
+            )),
             Lookup::VaryMiss => Err(Fwd::VaryMiss),
             Lookup::Miss => Err(Fwd::UriMiss),
         };
@@ -464,7 +463,7 @@ impl Proxy {
                 let age = entry.age(now);
                 match freshness::reuse(
                     age,
-                    entry.lifetime,
+                    entry.lifetime(),
                     &entry.directives.get(),
                     &ctx.req_dirs,
                     &cfg.policy,
@@ -485,7 +484,7 @@ impl Proxy {
                         if !ctx.req_dirs.only_if_cached
                             && freshness::within_stale_window(
                                 age,
-                                entry.lifetime,
+                                entry.lifetime(),
                                 freshness::swr_window(
                                     &entry.directives.get(),
                                     cfg.stale_while_revalidate,
@@ -528,10 +527,10 @@ impl Proxy {
         age: std::time::Duration,
         window: std::time::Duration,
     ) {
-        if window.is_zero() || entry.lifetime <= age {
+        if window.is_zero() || entry.lifetime() <= age {
             return;
         }
-        let left = entry.lifetime - age;
+        let left = entry.lifetime() - age;
         if left < window && fastrand::f64() > left.as_secs_f64() / window.as_secs_f64() {
             self.background_revalidate(ctx, entry.clone());
         }
@@ -726,12 +725,12 @@ impl Proxy {
             return self.serve_stored(ctx, entry, Outcome::Hit { stale: false }, now);
         }
         let age_secs = freshness::age_header_secs(age);
-        let ttl = freshness::ttl_secs(entry.lifetime, age);
-        let res = match entry.rendered.get(cfg.generation, age_secs, ttl) {
+        let ttl = freshness::ttl_secs(entry.lifetime(), age);
+        let res = match entry.rendering(cfg.generation, age_secs, ttl) {
             Some(headers) => {
                 let outcome = Outcome::Hit { stale: false };
                 self.metrics.request(outcome.label());
-                let mut res = response(entry.status, headers, body::full(entry.body.clone()));
+                let mut res = response(entry.status, headers, body::full(entry.body()));
                 if cfg.access_log {
                     res.extensions_mut().insert(OutcomeLabel(outcome.label()));
                 }
@@ -739,10 +738,8 @@ impl Proxy {
             }
             None => {
                 let res = self.serve_stored(ctx, entry, Outcome::Hit { stale: false }, now);
-                if entry.rendered.wanted(age_secs) {
-                    entry
-                        .rendered
-                        .set(cfg.generation, age_secs, ttl, res.headers().clone());
+                if entry.rendering_wanted(age_secs) {
+                    entry.keep_rendering(cfg.generation, age_secs, ttl, res.headers().clone());
                 }
                 res
             }
@@ -752,7 +749,7 @@ impl Proxy {
             let mut again = self.stored_response(
                 ctx,
                 entry,
-                entry.headers.to_map(),
+                entry.headers().to_map(),
                 HeaderValue::from(age_secs),
             );
             self.finish_head(
@@ -778,9 +775,9 @@ impl Proxy {
         now: SystemTime,
     ) -> Response<Body> {
         let age = entry.age(now);
-        let ttl = Some(freshness::ttl_secs(entry.lifetime, age));
+        let ttl = Some(freshness::ttl_secs(entry.lifetime(), age));
         let age_value = HeaderValue::from(freshness::age_header_secs(age));
-        let stored = entry.headers.to_map();
+        let stored = entry.headers().to_map();
         let mut res = if conditional::not_modified(&ctx.headers, entry.status, &stored) {
             let mut headers = conditional::not_modified_headers(&stored);
             headers.insert(AGE, age_value);
@@ -804,7 +801,7 @@ impl Proxy {
         age_value: HeaderValue,
     ) -> Response<Body> {
         headers.insert(AGE, age_value);
-        let len = entry.body.len() as u64;
+        let len = entry.body_len() as u64;
         let head = ctx.method == Method::HEAD;
         let answer = if entry.status == StatusCode::OK && !head {
             conditional::range(&ctx.headers, &headers, len)
@@ -812,14 +809,14 @@ impl Proxy {
             RangeAnswer::Full
         };
         let (status, payload) = match answer {
-            RangeAnswer::Full => (entry.status, entry.body.clone()),
+            RangeAnswer::Full => (entry.status, entry.body()),
             RangeAnswer::Partial { start, end } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
                     headers.insert(CONTENT_RANGE, v);
                 }
                 (
                     StatusCode::PARTIAL_CONTENT,
-                    entry.body.slice(start as usize..=end as usize),
+                    entry.body().slice(start as usize..=end as usize),
                 )
             }
             RangeAnswer::Unsatisfiable => {
@@ -833,7 +830,7 @@ impl Proxy {
         // A stored Content-Length is the stored body's (only complete responses are
         // stored); a partial or synthesized answer gets its own.
         let full_with_length =
-            payload.len() == entry.body.len() && headers.contains_key(CONTENT_LENGTH);
+            payload.len() == entry.body_len() && headers.contains_key(CONTENT_LENGTH);
         if status != StatusCode::NO_CONTENT
             && status != StatusCode::NOT_MODIFIED
             && !full_with_length

@@ -156,7 +156,7 @@ pub struct Marker {
 /// What an entry needs to be judged: its generation, tags and key.
 pub struct Subject<'a> {
     pub fetched_gen: u64,
-    pub tags: &'a [std::sync::Arc<str>],
+    pub tags: crate::tags::Packed<'a>,
     pub key_full: &'a str,
     pub digest: u128,
     /// Judging a response about to be stored (the floor applies), rather than one
@@ -223,8 +223,8 @@ impl Marker {
             return Validity::HardPurged;
         }
         let mut v = marks.all.judge(s.fetched_gen);
-        for t in s.tags {
-            if let Some(m) = marks.tags.get(&**t) {
+        for t in s.tags.iter() {
+            if let Some(m) = marks.tags.get(t) {
                 v = worst(v, m.judge(s.fetched_gen));
             }
         }
@@ -269,10 +269,17 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn subject<'a>(gen: u64, tags: &'a [Arc<str>], key: &'a str) -> Subject<'a> {
+    fn packed(tags: &[&str]) -> Vec<u8> {
+        let tags: Vec<Arc<str>> = tags.iter().map(|t| Arc::from(*t)).collect();
+        let mut out = Vec::new();
+        crate::tags::pack(&tags, &mut out);
+        out
+    }
+
+    fn subject<'a>(gen: u64, tags: &'a [u8], key: &'a str) -> Subject<'a> {
         Subject {
             fetched_gen: gen,
-            tags,
+            tags: crate::tags::Packed::new(tags),
             key_full: key,
             digest: 1,
             inserting: false,
@@ -282,7 +289,7 @@ mod tests {
     #[test]
     fn marks_judge_by_generation() {
         let m = Marker::default();
-        let tags: Vec<Arc<str>> = vec!["campaign:summer".into(), "product:1".into()];
+        let tags = packed(&["campaign:summer", "product:1"]);
         let before = m.current();
         assert_eq!(
             m.judge(&subject(before, &tags, "http://shop/p/1")),
@@ -380,7 +387,7 @@ mod tests {
         m.forget_up_to(g);
         assert_eq!(m.mark_count(), 0);
         // A fetch that started before the purge is still refused by the floor...
-        let tags: Vec<Arc<str>> = vec!["t".into()];
+        let tags = packed(&["t"]);
         let late = Subject {
             inserting: true,
             ..subject(old, &tags, "http://a/")
@@ -392,7 +399,7 @@ mod tests {
         };
         assert_eq!(m.judge(&fresh), Validity::Valid);
         // ...while entries already stored (and so swept) are not judged by it.
-        let other: Vec<Arc<str>> = vec!["other".into()];
+        let other = packed(&["other"]);
         assert_eq!(m.judge(&subject(old, &other, "http://a/")), Validity::Valid);
     }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -20,19 +20,20 @@ use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
 
 use crate::directives::StoredDirectives;
+use crate::freshness::Born;
 use crate::key::{CacheKey, Variant};
 use crate::purge::{Marker, Purge, Subject, Validity};
 
-/// A stored response and the facts freshness needs (RFC 9111 §4.2.3).
+/// A response as the origin gave it (hop-by-hop fields and `Age` removed), with
+/// the facts freshness needs; [`StoredResponse::pack`] makes it what the store keeps.
 #[derive(Debug, Clone)]
-pub struct StoredResponse {
+pub struct Fetched {
     pub status: StatusCode,
-    /// End-to-end headers as received (hop-by-hop fields and `Age` removed).
     pub headers: StoredHeaders,
     pub body: Bytes,
     /// When its age was zero (from the request and response times and the
     /// corrected initial age of §4.2.3).
-    pub born: crate::freshness::Born,
+    pub born: Born,
     pub lifetime: Duration,
     /// The directives Lacquer obeys for this response (targeted field or Cache-Control).
     pub directives: StoredDirectives,
@@ -42,10 +43,40 @@ pub struct StoredResponse {
     pub tags: Arc<[Arc<str>]>,
     /// The purge generation when its origin request started (see `purge.rs`).
     pub fetched_gen: u64,
-    /// The last response head rendered for a fresh hit on this entry (see
-    /// [`RenderedHead`]); empty in a new or cloned entry.
-    pub rendered: RenderedHead,
 }
+
+/// A stored response and the facts freshness needs (RFC 9111 §4.2.3), packed for a
+/// store of millions: a small body, the header fields and the tags share one
+/// buffer, and the rest is 112 bytes (128 in its `Arc`). A hit clones the `Arc`
+/// and slices the body out of the buffer: nothing is parsed or copied.
+pub struct StoredResponse {
+    /// The body if it is small (at most `SMALL_BODY`), then the header fields (see
+    /// [`StoredHeaders`]), then the tags (see [`crate::tags::Packed`]).
+    data: Bytes,
+    /// A larger body, in its own buffer (copying it would cost more than the
+    /// separate allocation saves).
+    big_body: Option<Box<Bytes>>,
+    pub born: Born,
+    /// The purge generation when its origin request started (see `purge.rs`).
+    pub fetched_gen: u64,
+    /// The request fields that selected this variant.
+    pub variant: Variant,
+    /// The last response head rendered for a fresh hit (see [`Self::rendering`]);
+    /// none in a new or cloned entry.
+    rendering: arc_swap::ArcSwapOption<Rendered>,
+    lifetime_nanos: u64,
+    body_len: u32,
+    fields_len: u32,
+    /// The directives Lacquer obeys for this response (targeted field or Cache-Control).
+    pub directives: StoredDirectives,
+    pub status: StatusCode,
+    /// The age second of the last hit that found no rendering, plus one (0: none),
+    /// truncated to 16 bits (a wrong match once in 18 hours costs one rendering).
+    last_miss: AtomicU16,
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<StoredResponse>() == 112);
 
 /// A cached rendering of the response head of a plain fresh hit: the stored headers
 /// after `Proxy::finish` (targeted fields, Surrogate-Control and tag headers
@@ -56,14 +87,6 @@ pub struct StoredResponse {
 /// clone, three inserts, four removals and two renderings.
 /// Only an entry hit twice within one second gets a rendering (a working set of
 /// many objects, each rarely hit, would pay for renderings it never reuses).
-#[derive(Default)]
-pub struct RenderedHead {
-    rendering: arc_swap::ArcSwapOption<Rendered>,
-    /// The age second of the last hit that found no rendering, plus one (0: none),
-    /// truncated to 32 bits (a wrong match once in 136 years costs one rendering).
-    last_miss: AtomicU32,
-}
-
 struct Rendered {
     generation: u64,
     age: u64,
@@ -71,9 +94,103 @@ struct Rendered {
     headers: HeaderMap,
 }
 
-impl RenderedHead {
-    /// The headers rendered for exactly these inputs, if that is what is cached.
-    pub fn get(&self, generation: u64, age: u64, ttl: i64) -> Option<HeaderMap> {
+impl From<Fetched> for StoredResponse {
+    fn from(f: Fetched) -> StoredResponse {
+        StoredResponse::pack(f)
+    }
+}
+
+impl StoredResponse {
+    /// Packs a fetched response: one buffer for a small body, the fields and the tags.
+    pub fn pack(f: Fetched) -> StoredResponse {
+        let small = f.body.len() <= SMALL_BODY;
+        let body: &[u8] = if small { &f.body } else { &[] };
+        let tags: usize = f.tags.iter().map(|t| t.len() + 1).sum();
+        let mut buf = Vec::with_capacity(body.len() + f.headers.buf.len() + tags);
+        buf.extend_from_slice(body);
+        buf.extend_from_slice(&f.headers.buf);
+        let fields_len = buf.len() - body.len();
+        crate::tags::pack(&f.tags, &mut buf);
+        // A head is far below 4 GiB (max_header_bytes) and a small body is small.
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        StoredResponse {
+            data: Bytes::from(buf),
+            big_body: (!small).then(|| Box::new(f.body.clone())),
+            born: f.born,
+            fetched_gen: f.fetched_gen,
+            variant: f.variant,
+            rendering: Default::default(),
+            lifetime_nanos: u64::try_from(f.lifetime.as_nanos()).unwrap_or(u64::MAX),
+            body_len: at(body.len()),
+            fields_len: at(fields_len),
+            directives: f.directives,
+            status: f.status,
+            last_miss: AtomicU16::new(0),
+        }
+    }
+
+    /// The body (a slice of the entry's buffer, or its own buffer if large).
+    pub fn body(&self) -> Bytes {
+        match &self.big_body {
+            Some(body) => (**body).clone(),
+            None => self
+                .data
+                .slice(..(self.body_len as usize).min(self.data.len())),
+        }
+    }
+
+    pub fn body_len(&self) -> usize {
+        match &self.big_body {
+            Some(body) => body.len(),
+            None => self.body_len as usize,
+        }
+    }
+
+    fn fields_range(&self) -> std::ops::Range<usize> {
+        let start = (self.body_len as usize).min(self.data.len());
+        start..(start + self.fields_len as usize).min(self.data.len())
+    }
+
+    /// End-to-end header fields as received (hop-by-hop fields and `Age` removed).
+    pub fn headers(&self) -> StoredHeaders {
+        StoredHeaders {
+            buf: self.data.slice(self.fields_range()),
+        }
+    }
+
+    /// Surrogate keys (tags) of this response.
+    pub fn tags(&self) -> crate::tags::Packed<'_> {
+        crate::tags::Packed::new(self.data.get(self.fields_range().end..).unwrap_or_default())
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_nanos(self.lifetime_nanos)
+    }
+
+    /// The same response with another lifetime and purge generation (a soft purge
+    /// makes it stale).
+    pub fn restamped(&self, lifetime: Duration, fetched_gen: u64) -> StoredResponse {
+        StoredResponse {
+            lifetime_nanos: u64::try_from(lifetime.as_nanos()).unwrap_or(u64::MAX),
+            fetched_gen,
+            ..self.clone()
+        }
+    }
+
+    /// Approximate memory held by this entry.
+    pub fn weight(&self) -> usize {
+        self.data.len()
+            + self.big_body.as_ref().map_or(0, |b| b.len() + 32)
+            + self.variant.weight()
+            + std::mem::size_of::<StoredResponse>()
+    }
+
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.born.age(now)
+    }
+
+    /// The head rendered for exactly these inputs, if that is what is cached.
+    pub fn rendering(&self, generation: u64, age: u64, ttl: i64) -> Option<HeaderMap> {
         let guard = self.rendering.load();
         match guard.as_deref() {
             Some(r) if r.generation == generation && r.age == age && r.ttl == ttl => {
@@ -84,18 +201,54 @@ impl RenderedHead {
     }
 
     /// Is a rendering worth keeping: was this entry already hit in this second?
-    pub fn wanted(&self, age: u64) -> bool {
-        let mark = (age as u32).wrapping_add(1);
+    pub fn rendering_wanted(&self, age: u64) -> bool {
+        let mark = (age as u16).wrapping_add(1);
         self.last_miss.swap(mark, Ordering::Relaxed) == mark
     }
 
-    pub fn set(&self, generation: u64, age: u64, ttl: i64, headers: HeaderMap) {
+    pub fn keep_rendering(&self, generation: u64, age: u64, ttl: i64, headers: HeaderMap) {
         self.rendering.store(Some(Arc::new(Rendered {
             generation,
             age,
             ttl,
             headers,
         })));
+    }
+}
+
+/// A clone is a different entry (a soft-purged copy): it starts without a rendering.
+impl Clone for StoredResponse {
+    fn clone(&self) -> StoredResponse {
+        StoredResponse {
+            data: self.data.clone(),
+            big_body: self.big_body.clone(),
+            born: self.born,
+            fetched_gen: self.fetched_gen,
+            variant: self.variant.clone(),
+            rendering: Default::default(),
+            lifetime_nanos: self.lifetime_nanos,
+            body_len: self.body_len,
+            fields_len: self.fields_len,
+            directives: self.directives,
+            status: self.status,
+            last_miss: AtomicU16::new(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoredResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers())
+            .field("body_len", &self.body_len())
+            .field("born", &self.born)
+            .field("lifetime", &self.lifetime())
+            .field("directives", &self.directives)
+            .field("variant", &self.variant)
+            .field("tags", &self.tags())
+            .field("fetched_gen", &self.fetched_gen)
+            .finish()
     }
 }
 
@@ -190,25 +343,10 @@ impl StoredHeaders {
     pub fn heap_bytes(&self) -> usize {
         self.buf.len()
     }
-
-    /// Moves a small body into the fields' buffer: one allocation (and one shared
-    /// handle) for both instead of two. The body is then a slice of that buffer.
-    pub fn take_in(&mut self, body: &mut Bytes) {
-        if body.is_empty() || body.len() > SMALL_BODY {
-            return;
-        }
-        let fields = self.buf.len();
-        let mut buf = Vec::with_capacity(fields + body.len());
-        buf.extend_from_slice(&self.buf);
-        buf.extend_from_slice(body);
-        let all = Bytes::from(buf);
-        self.buf = all.slice(..fields);
-        *body = all.slice(fields..);
-    }
 }
 
-/// Bodies up to this size share their entry's header buffer (see
-/// [`StoredHeaders::take_in`]); a larger body's own allocation is noise beside it.
+/// Bodies up to this size share their entry's buffer (see [`StoredResponse`]); a
+/// larger body's own allocation is noise beside it.
 const SMALL_BODY: usize = 4096;
 
 impl From<HeaderMap> for StoredHeaders {
@@ -225,32 +363,6 @@ impl std::fmt::Debug for StoredHeaders {
                     .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v))),
             )
             .finish()
-    }
-}
-
-/// A clone is a different entry (a soft-purged copy, an updated head): it starts
-/// without a rendering.
-impl Clone for RenderedHead {
-    fn clone(&self) -> Self {
-        RenderedHead::default()
-    }
-}
-
-impl std::fmt::Debug for RenderedHead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RenderedHead")
-    }
-}
-
-impl StoredResponse {
-    /// Approximate memory held by this entry.
-    pub fn weight(&self) -> usize {
-        let headers = self.headers.heap_bytes();
-        self.body.len() + headers + self.variant.weight() + std::mem::size_of::<StoredResponse>()
-    }
-
-    pub fn age(&self, now: SystemTime) -> Duration {
-        self.born.age(now)
     }
 }
 
@@ -516,9 +628,14 @@ impl Store {
     fn count_tags(&self, entry: &KeyEntry, add: bool) {
         let mut counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
         for response in entry.variants.responses() {
-            for tag in response.tags.iter() {
+            for tag in response.tags().iter() {
                 if add {
-                    *counts.entry(tag.clone()).or_default() += 1;
+                    match counts.get_mut(tag) {
+                        Some(n) => *n += 1,
+                        None => {
+                            counts.insert(Arc::from(tag), 1);
+                        }
+                    }
                 } else if let Some(n) = counts.get_mut(tag) {
                     *n -= 1;
                     if *n == 0 {
@@ -526,25 +643,6 @@ impl Store {
                     }
                 }
             }
-        }
-    }
-
-    /// Makes `tags` share the tag index's strings: a tag carried by a million
-    /// entries is then stored once, not a million times.
-    fn intern_tags(&self, tags: &mut Arc<[Arc<str>]>) {
-        if tags.is_empty() {
-            return;
-        }
-        let counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
-        let shared = |t: &Arc<str>| counts.get_key_value(t).map(|(k, _)| k.clone());
-        if tags
-            .iter()
-            .any(|t| shared(t).is_some_and(|k| !Arc::ptr_eq(&k, t)))
-        {
-            *tags = tags
-                .iter()
-                .map(|t| shared(t).unwrap_or_else(|| t.clone()))
-                .collect();
         }
     }
 
@@ -563,7 +661,7 @@ impl Store {
     fn judge(&self, key_full: &str, digest: u128, r: &StoredResponse, inserting: bool) -> Validity {
         self.marker.judge(&Subject {
             fetched_gen: r.fetched_gen,
-            tags: &r.tags,
+            tags: r.tags(),
             key_full,
             digest,
             inserting,
@@ -609,14 +707,13 @@ impl Store {
     ///
     /// A response whose fetch started before a hard purge covering it is not stored
     /// (the in-flight race); before a soft purge, it is stored already stale.
-    pub fn insert(&self, key: &CacheKey, mut response: StoredResponse) {
+    pub fn insert(&self, key: &CacheKey, response: impl Into<StoredResponse>) {
+        let mut response = response.into();
         match self.judge(&key.full, key.digest, &response, true) {
             Validity::Valid => {}
-            Validity::SoftPurged => response.lifetime = Duration::ZERO,
+            Validity::SoftPurged => response.lifetime_nanos = 0,
             Validity::HardPurged => return,
         }
-        response.headers.take_in(&mut response.body);
-        self.intern_tags(&mut response.tags);
         let response = Arc::new(response);
         let now = self.tick.fetch_add(1, Ordering::Relaxed);
         let (hash, shard) = self.locate(key.digest);
@@ -801,17 +898,10 @@ impl Store {
                     match self.judge(&full_key, digest, &slot.response, false) {
                         Validity::HardPurged => removed += 1,
                         Validity::Valid => slots.push(slot),
-                        Validity::SoftPurged => {
-                            let stale = StoredResponse {
-                                lifetime: Duration::ZERO,
-                                fetched_gen: started,
-                                ..(*slot.response).clone()
-                            };
-                            slots.push(Slot {
-                                response: Arc::new(stale),
-                                used: slot.used,
-                            });
-                        }
+                        Validity::SoftPurged => slots.push(Slot {
+                            response: Arc::new(slot.response.restamped(Duration::ZERO, started)),
+                            used: slot.used,
+                        }),
                     }
                 }
                 let old = if slots.is_empty() {
@@ -918,18 +1008,17 @@ mod tests {
     use crate::purge::Purge;
     use http::header::{HeaderName, HeaderValue};
 
-    fn stored(variant: Variant, body: &'static str) -> StoredResponse {
-        StoredResponse {
+    fn stored(variant: Variant, body: &'static str) -> Fetched {
+        Fetched {
             status: StatusCode::OK,
             headers: StoredHeaders::default(),
             body: Bytes::from_static(body.as_bytes()),
-            born: crate::freshness::Born::new(SystemTime::UNIX_EPOCH, Duration::ZERO),
+            born: Born::new(SystemTime::UNIX_EPOCH, Duration::ZERO),
             lifetime: Duration::from_secs(60),
             directives: StoredDirectives::default(),
             variant,
             tags: Vec::new().into(),
             fetched_gen: 0,
-            rendered: Default::default(),
         }
     }
 
@@ -948,7 +1037,7 @@ mod tests {
         store.insert(&key, stored(Variant::of(&req("en"), &names), "en"));
         store.insert(&key, stored(Variant::of(&req("fr"), &names), "fr"));
         match store.lookup(&key, &req("en")) {
-            Lookup::Hit(v) => assert_eq!(v.body, "en"),
+            Lookup::Hit(v) => assert_eq!(v.body(), "en"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(store.lookup(&key, &req("de")), Lookup::VaryMiss));
@@ -960,14 +1049,14 @@ mod tests {
         // A response without Vary replaces the whole selection rule.
         store.insert(&key, stored(Variant::default(), "plain"));
         match store.lookup(&key, &req("en")) {
-            Lookup::Hit(v) => assert_eq!(v.body, "plain"),
+            Lookup::Hit(v) => assert_eq!(v.body(), "plain"),
             other => panic!("{other:?}"),
         }
         store.invalidate(&key);
         assert!(matches!(store.lookup(&key, &req("en")), Lookup::Miss));
     }
 
-    fn tagged(tags: &[&str], gen: u64) -> StoredResponse {
+    fn tagged(tags: &[&str], gen: u64) -> Fetched {
         let mut r = stored(Variant::default(), "x");
         r.tags = tags
             .iter()
@@ -1085,7 +1174,7 @@ mod tests {
         store.sweep();
         // Rewritten as expired; no longer needs a mark.
         match store.lookup(&key("/s"), &HeaderMap::new()) {
-            Lookup::Hit(e) => assert_eq!(e.lifetime, Duration::ZERO),
+            Lookup::Hit(e) => assert_eq!(e.lifetime(), Duration::ZERO),
             other => panic!("{other:?}"),
         }
         assert_eq!(store.purge_marks(), 0);
@@ -1204,33 +1293,47 @@ mod tests {
     }
 
     #[test]
-    fn a_small_body_shares_the_fields_buffer_and_tags_share_the_index() {
+    fn a_small_body_the_fields_and_the_tags_share_one_buffer() {
         let store = Store::new(1 << 20, 4);
         let mut h = HeaderMap::new();
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         h.insert("surrogate-key", HeaderValue::from_static("a b"));
-        for path in ["/1", "/2"] {
+        let big = Bytes::from(vec![b'x'; SMALL_BODY + 1]);
+        for (path, body) in [
+            ("/small", Bytes::from_static(b"0123456789abcdef")),
+            ("/big", big.clone()),
+        ] {
             let mut r = tagged(&["a", "b"], store.generation());
             r.headers = StoredHeaders::from_map(&h);
-            r.body = Bytes::copy_from_slice(b"0123456789abcdef");
+            r.body = body;
             store.insert(&key(path), r);
         }
         let get = |path| match store.lookup(&key(path), &HeaderMap::new()) {
             Lookup::Hit(r) => r,
             other => panic!("{other:?}"),
         };
-        let (one, two) = (get("/1"), get("/2"));
-        assert_eq!(one.body, "0123456789abcdef");
-        assert_eq!(one.headers.to_map(), h);
-        assert_eq!(one.headers.len(), 2);
-        let fields = one.headers.buf.as_ptr_range();
+        let small = get("/small");
+        assert_eq!(small.body(), "0123456789abcdef");
+        assert_eq!(small.body_len(), 16);
+        assert_eq!(small.headers().to_map(), h);
+        assert_eq!(small.headers().len(), 2);
+        assert_eq!(small.tags().iter().collect::<Vec<_>>(), ["a", "b"]);
+        let (body, fields) = (small.body(), small.headers().buf);
         assert_eq!(
-            fields.end,
-            one.body.as_ptr(),
-            "the body follows the fields in one buffer"
+            body.as_ptr_range().end,
+            fields.as_ptr(),
+            "the fields follow the body"
         );
-        for (a, b) in one.tags.iter().zip(two.tags.iter()) {
-            assert!(Arc::ptr_eq(a, b), "tag {a} is stored once");
-        }
+        // A large body keeps its own buffer (not copied); the rest is as for a small one.
+        let large = get("/big");
+        assert_eq!(large.body(), big);
+        assert_eq!(large.body().as_ptr(), big.as_ptr());
+        assert_eq!(large.headers().to_map(), h);
+        assert_eq!(large.tags().iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(store.tag_index_len(), 2);
+        // A soft-purged copy keeps the content, not the rendering slot's state.
+        let stale = large.restamped(Duration::ZERO, 7);
+        assert_eq!((stale.lifetime(), stale.fetched_gen), (Duration::ZERO, 7));
+        assert_eq!(stale.body(), big);
     }
 }

@@ -29,6 +29,42 @@ impl Default for TagRules {
     }
 }
 
+/// Tags as a stored entry keeps them: each followed by a NUL byte, in the entry's
+/// one buffer (a tag is a piece of a header value, which cannot hold a NUL).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Packed<'a>(&'a [u8]);
+
+impl<'a> Packed<'a> {
+    pub fn new(bytes: &'a [u8]) -> Packed<'a> {
+        Packed(bytes)
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = &'a str> {
+        self.0
+            .split(|&b| b == 0)
+            .filter(|t| !t.is_empty())
+            .filter_map(|t| std::str::from_utf8(t).ok())
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Packed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Appends `tags` to `out` in the [`Packed`] form.
+pub fn pack(tags: &[Arc<str>], out: &mut Vec<u8>) {
+    for tag in tags.iter().filter(|t| !t.is_empty() && !t.contains('\0')) {
+        out.extend_from_slice(tag.as_bytes());
+        out.push(0);
+    }
+}
+
 /// What went over a limit while reading tags (for a log line).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Dropped {
