@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -71,8 +71,10 @@ pub struct StoredResponse {
     pub directives: StoredDirectives,
     pub status: StatusCode,
     /// The age second of the last hit that found no rendering, plus one (0: none),
-    /// truncated to 16 bits (a wrong match once in 18 hours costs one rendering).
-    last_miss: AtomicU16,
+    /// truncated to 8 bits (a wrong match, 256 s later, costs one rendering).
+    last_miss: AtomicU8,
+    /// Set by a hit, cleared by the store's eviction hand passing by (CLOCK).
+    referenced: AtomicBool,
 }
 
 #[cfg(target_pointer_width = "64")]
@@ -125,7 +127,8 @@ impl StoredResponse {
             fields_len: at(fields_len),
             directives: f.directives,
             status: f.status,
-            last_miss: AtomicU16::new(0),
+            last_miss: AtomicU8::new(0),
+            referenced: AtomicBool::new(false),
         }
     }
 
@@ -202,7 +205,7 @@ impl StoredResponse {
 
     /// Is a rendering worth keeping: was this entry already hit in this second?
     pub fn rendering_wanted(&self, age: u64) -> bool {
-        let mark = (age as u16).wrapping_add(1);
+        let mark = (age as u8).wrapping_add(1);
         self.last_miss.swap(mark, Ordering::Relaxed) == mark
     }
 
@@ -231,7 +234,8 @@ impl Clone for StoredResponse {
             fields_len: self.fields_len,
             directives: self.directives,
             status: self.status,
-            last_miss: AtomicU16::new(0),
+            last_miss: AtomicU8::new(0),
+            referenced: AtomicBool::new(false),
         }
     }
 }
@@ -424,32 +428,38 @@ impl Variants {
     }
 }
 
-/// Everything stored under one primary key: 40 bytes in its shard's entry list.
+/// Everything stored under one primary key: 32 bytes in its shard's entry list
+/// (whether it was hit lately is a bit in each variant).
 #[derive(Debug)]
 struct KeyEntry {
     full_key: Box<str>,
     variants: Variants,
-    /// What the store's budget counts for this entry.
-    weight: u32,
-    /// Set by a hit, cleared by the eviction hand passing by (CLOCK).
-    referenced: AtomicBool,
 }
 
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<KeyEntry>() == 40);
+const _: () = assert!(std::mem::size_of::<KeyEntry>() == 32);
 
 impl KeyEntry {
     fn new(full_key: Box<str>, variants: Variants) -> KeyEntry {
-        let w = full_key.len()
+        KeyEntry { full_key, variants }
+    }
+
+    /// What the store's budget counts for this entry (the same on the way in and out).
+    fn weight(&self) -> u64 {
+        let w = self.full_key.len()
             + std::mem::size_of::<KeyEntry>()
             + 16 // its share of the shard's index
-            + variants.responses().map(|r| r.weight()).sum::<usize>();
-        KeyEntry {
-            full_key,
-            variants,
-            weight: u32::try_from(w).unwrap_or(u32::MAX),
-            referenced: AtomicBool::new(false),
+            + self.variants.responses().map(|r| r.weight()).sum::<usize>();
+        w as u64
+    }
+
+    /// Was a variant hit since the eviction hand last passed? Clears every bit.
+    fn take_referenced(&self) -> bool {
+        let mut any = false;
+        for r in self.variants.responses() {
+            any |= r.referenced.swap(false, Ordering::Relaxed);
         }
+        any
     }
 
     fn digest(&self) -> u128 {
@@ -458,7 +468,7 @@ impl KeyEntry {
 }
 
 /// One of the store's shards: its entries in a flat list (the CLOCK hand walks it)
-/// and a hash table of positions in that list. An entry costs its 40 bytes in the
+/// and a hash table of positions in that list. An entry costs its 32 bytes in the
 /// list and about 10 in the table; moka, the first store, spent about 300 bytes
 /// on each (its hash-table node, entry info, deque nodes and key `Arc`).
 #[derive(Default)]
@@ -522,7 +532,7 @@ impl Shard {
                 self.hand = 0;
             }
             let entry = self.entries.get(self.hand)?;
-            if entry.referenced.swap(false, Ordering::Relaxed) {
+            if entry.take_referenced() {
                 self.hand += 1;
             } else {
                 return self.remove_at(self.hand, hasher);
@@ -648,8 +658,7 @@ impl Store {
 
     /// Accounts for an entry that left the store.
     fn gone(&self, entry: &KeyEntry) {
-        self.bytes
-            .fetch_sub(u64::from(entry.weight), Ordering::Relaxed);
+        self.bytes.fetch_sub(entry.weight(), Ordering::Relaxed);
         self.count_tags(entry, false);
     }
 
@@ -675,9 +684,6 @@ impl Store {
             let Some(entry) = shard.position(hash, &key.full).map(|i| &shard.entries[i]) else {
                 return Lookup::Miss;
             };
-            if !entry.referenced.load(Ordering::Relaxed) {
-                entry.referenced.store(true, Ordering::Relaxed);
-            }
             match &entry.variants {
                 Variants::One(r) => r.variant.matches(req).then(|| r.clone()),
                 Variants::Many(slots) => slots
@@ -693,6 +699,9 @@ impl Store {
         let Some(response) = found else {
             return Lookup::VaryMiss;
         };
+        if !response.referenced.load(Ordering::Relaxed) {
+            response.referenced.store(true, Ordering::Relaxed);
+        }
         match self.judge(&key.full, key.digest, &response, false) {
             Validity::Valid => Lookup::Hit(response),
             Validity::SoftPurged => Lookup::SoftPurged(response),
@@ -738,8 +747,7 @@ impl Store {
         }
         let entry = KeyEntry::new(key.full.as_str().into(), Variants::from_slots(slots));
         self.count_tags(&entry, true);
-        self.bytes
-            .fetch_add(u64::from(entry.weight), Ordering::Relaxed);
+        self.bytes.fetch_add(entry.weight(), Ordering::Relaxed);
         match at {
             Some(i) => {
                 let old = std::mem::replace(&mut shard.entries[i], entry);
@@ -909,8 +917,7 @@ impl Store {
                 } else {
                     let rewritten = KeyEntry::new(full_key, Variants::from_slots(slots));
                     self.count_tags(&rewritten, true);
-                    self.bytes
-                        .fetch_add(u64::from(rewritten.weight), Ordering::Relaxed);
+                    self.bytes.fetch_add(rewritten.weight(), Ordering::Relaxed);
                     Some(std::mem::replace(&mut guard.entries[at], rewritten))
                 };
                 if let Some(old) = old {

@@ -12,8 +12,8 @@
 # measured in the same run. Then, in the same way:
 #   (a) a working set of WS_OBJECTS distinct 1 KiB objects requested uniformly;
 #   (b) 200 clients on a cold object behind a 200 ms origin (cargo bench cold_burst);
-#   (c) memory: RSS after storing MEM_ENTRIES small objects, per entry beyond key,
-#       headers and body;
+#   (c) memory: RSS after storing MEM_ENTRIES small objects, and again after a hit on
+#       each, per entry beyond key, headers and body;
 #   (d) purge: time to purge a tag carried by 10 and by MEM_ENTRIES entries, and hit
 #       p99 with and without a purge storm.
 # The tables go to stdout and benches/load/results.md.
@@ -158,6 +158,26 @@ entries() { # port: the entries a Lacquer reports
   curl -s "http://127.0.0.1:$1/.lacquer/metrics" | awk '$1 == "lacquer_entries" { print $2 }'
 }
 
+hits() { # port: the hits a Lacquer has counted
+  curl -s "http://127.0.0.1:$1/.lacquer/metrics" |
+    awk '$1 == "lacquer_requests_total{cache_status=\"hit\"}" { print $2 }'
+}
+
+hit_all() { # port prefix count: request each stored object once more (all hits)
+  local before budget=$(( $3 / 1000 + 10 )) w h
+  before=$(hits "$1")
+  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${budget}s" -s "$LUA/fill.lua" \
+    "http://127.0.0.1:$1/" -- "$2" "$3" >/dev/null & w=$!
+  while kill -0 $w 2>/dev/null; do
+    h=$(hits "$1")
+    if [ $(( ${h:-0} - ${before:-0} )) -ge "$3" ]; then kill $w 2>/dev/null || true; break; fi
+    sleep 0.5
+  done
+  wait $w 2>/dev/null || true
+  h=$(hits "$1")
+  [ $(( ${h:-0} - ${before:-0} )) -ge "$3" ] || echo "lacquer: $(( ${h:-0} - ${before:-0} )) hits, not $3" >&2
+}
+
 stored() { # target port: how many objects it holds
   case $1 in
     lacquer) entries "$2" ;;
@@ -270,6 +290,9 @@ RSS0=$(rss_kib $LPID)
 fill lacquer $LACQUER /m/ "$MEM_ENTRIES"
 ENTRIES=$(entries $LACQUER)
 RSS1=$(rss_kib $LPID)
+# Then each entry hit once: a hit gives an entry's buffer its shared handle.
+hit_all $LACQUER /m/ "$MEM_ENTRIES"
+RSS2=$(rss_kib $LPID)
 # What an entry must hold: its key (http://127.0.0.1:PORT/m/N, N of the typical
 # length), its stored header fields (names and values) and its body.
 KEY_BYTES=$(( 17 + ${#LACQUER} + 3 + ${#MEM_ENTRIES} - 1 ))
@@ -344,11 +367,13 @@ fi
   echo
   echo "### (c) Memory: $ENTRIES stored entries with 16-byte bodies (Lacquer)"
   echo
-  awk -v r0="$RSS0" -v r1="$RSS1" -v n="$ENTRIES" -v p="$PAYLOAD" -v k="$KEY_BYTES" -v h="$HEADER_BYTES" 'BEGIN {
+  awk -v r0="$RSS0" -v r1="$RSS1" -v r2="$RSS2" -v n="$ENTRIES" -v p="$PAYLOAD" -v k="$KEY_BYTES" -v h="$HEADER_BYTES" 'BEGIN {
+    print "| entries | RSS before | RSS after | RSS per entry | key + headers + body | overhead per entry |"
+    print "|---|---|---|---|---|---|"
     per = (r1 - r0) * 1024 / n
-    print "| RSS before | RSS after | RSS per entry | key + headers + body | overhead per entry |"
-    print "|---|---|---|---|---|"
-    printf "| %.1f MiB | %.1f MiB | %d B | %d B (%d + %d + 16) | %d B |\n", r0/1024, r1/1024, per, p, k, h, per - p
+    printf "| stored | %.1f MiB | %.1f MiB | %d B | %d B (%d + %d + 16) | %d B |\n", r0/1024, r1/1024, per, p, k, h, per - p
+    per = (r2 - r0) * 1024 / n
+    printf "| stored, then each hit once | %.1f MiB | %.1f MiB | %d B | %d B | %d B |\n", r0/1024, r2/1024, per, p, per - p
   }'
   echo
   echo "### (d) Purge (Lacquer)"
@@ -358,9 +383,10 @@ fi
   echo "| $PURGE_SMALL_N entries | $PURGE_SMALL_N | $PURGE_SMALL_MS ms |"
   echo "| $ENTRIES entries | $PURGE_BIG_N | $PURGE_BIG_MS ms |"
   echo
-  awk -v q="$(med "${P99[quiet]}")" -v s="$(med "${P99[storm]}")" -v rate="$(med "$STORM_RATES")" 'BEGIN {
-    print "| hits of a stored object, wrk -t1 -c64 | p99 |"
-    print "|---|---|"
-    printf "| no purges | %d µs |\n| during a purge storm (%d purges/s of other tags) | %d µs (%.2f ×) |\n", q, rate, s, s/q
+  awk -v q="$(med "${P99[quiet]}")" -v s="$(med "${P99[storm]}")" -v rate="$(med "$STORM_RATES")" \
+    -v rr="$(ratio_med "${P99[storm]}" "${P99[quiet]}")" 'BEGIN {
+    print "| hits of a stored object, wrk -t1 -c64 | p99 | × quiet | × quiet, per round |"
+    print "|---|---|---|---|"
+    printf "| no purges | %d µs | 1.00 | 1.00 |\n| during a purge storm (%d purges/s of other tags) | %d µs | %.2f | %s |\n", q, rate, s, s/q, rr
   }'
 } | tee "$OUT"
