@@ -352,21 +352,17 @@ async fn sweeper(proxy: Arc<Proxy>) {
     }
 }
 
-/// The idle scheduling class for the calling thread (Linux: it is per thread), or
-/// nice 19 where that is refused. An idle-class thread runs on what the request
-/// path leaves, and a request path thread that wakes up preempts it at once; at
-/// nice 19 a sweep could still hold the core for a whole time slice (milliseconds)
-/// while hits waited.
+/// Nice 19 for the calling thread (Linux: priority is per thread). Not the idle
+/// scheduling class: a sweep holds a shard's lock for a chunk at a time, and a
+/// thread that may wait indefinitely for the CPU must not hold a lock that the
+/// request path waits on.
 fn lowest_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread; `param` outlives the call.
+    // SAFETY: plain system calls on the calling thread, no pointers involved.
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
-                debug!("could not lower the sweep thread's priority");
-            }
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
+            debug!("could not lower the sweep thread's priority");
         }
     }
 }

@@ -478,9 +478,6 @@ struct Shard {
     index: hashbrown::HashTable<u32>,
     /// The CLOCK hand: the next position eviction looks at.
     hand: usize,
-    /// Bumped whenever an entry moves to another position (a removal), so a scan
-    /// done in chunks knows that positions it has not reached may have shifted.
-    moves: u64,
 }
 
 impl Shard {
@@ -517,22 +514,21 @@ impl Shard {
             if let Some(i) = self.index.find_mut(moved, |&i| i as usize == last) {
                 *i = at as u32;
             }
-            self.moves += 1;
         }
         Some(self.entries.swap_remove(at))
     }
 
-    /// CLOCK: the first entry under the hand not hit since the hand last passed.
-    /// One pass at most: when every entry here was hit, their bits are cleared and
-    /// nothing is evicted (the next shard is asked; a shard holding a single hot
-    /// entry must not lose it on the hand's second pass in one call).
-    fn evict_one(&mut self, hasher: &Hasher) -> Option<KeyEntry> {
-        for _ in 0..self.entries.len() {
+    /// CLOCK: the first entry under the hand not hit since the hand last passed,
+    /// looking at `EVICT_LOOK` entries at most (their bits are cleared as the hand
+    /// passes); `force` takes the entry under the hand whatever its bit. `None`:
+    /// nothing cold within reach, or nothing here.
+    fn evict_one(&mut self, force: bool, hasher: &Hasher) -> Option<KeyEntry> {
+        for _ in 0..self.entries.len().min(EVICT_LOOK) {
             if self.hand >= self.entries.len() {
                 self.hand = 0;
             }
             let entry = self.entries.get(self.hand)?;
-            if entry.take_referenced() {
+            if entry.take_referenced() && !force {
                 self.hand += 1;
             } else {
                 return self.remove_at(self.hand, hasher);
@@ -541,6 +537,9 @@ impl Shard {
         None
     }
 }
+
+/// Entries one eviction step looks at in a shard before it asks the next shard.
+const EVICT_LOOK: usize = 64;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -699,10 +698,11 @@ impl Store {
         let Some(response) = found else {
             return Lookup::VaryMiss;
         };
-        if !response.referenced.load(Ordering::Relaxed) {
+        let verdict = self.judge(&key.full, key.digest, &response, false);
+        if verdict != Validity::HardPurged && !response.referenced.load(Ordering::Relaxed) {
             response.referenced.store(true, Ordering::Relaxed);
         }
-        match self.judge(&key.full, key.digest, &response, false) {
+        match verdict {
             Validity::Valid => Lookup::Hit(response),
             Validity::SoftPurged => Lookup::SoftPurged(response),
             Validity::HardPurged => Lookup::Miss,
@@ -718,15 +718,17 @@ impl Store {
     /// (the in-flight race); before a soft purge, it is stored already stale.
     pub fn insert(&self, key: &CacheKey, response: impl Into<StoredResponse>) {
         let mut response = response.into();
+        let now = self.tick.fetch_add(1, Ordering::Relaxed);
+        let (hash, shard) = self.locate(key.digest);
+        let mut shard = write(shard);
+        // Judged under the shard's lock: a sweep that scans this shard later sees
+        // the entry, and one that scanned it before has marks this judge sees.
         match self.judge(&key.full, key.digest, &response, true) {
             Validity::Valid => {}
             Validity::SoftPurged => response.lifetime_nanos = 0,
             Validity::HardPurged => return,
         }
         let response = Arc::new(response);
-        let now = self.tick.fetch_add(1, Ordering::Relaxed);
-        let (hash, shard) = self.locate(key.digest);
-        let mut shard = write(shard);
         let at = shard.position(hash, &key.full);
         let mut slots = vec![Slot {
             response: response.clone(),
@@ -759,20 +761,22 @@ impl Store {
         self.evict_to_budget();
     }
 
-    /// Evicts until the budget holds, a shard at a time, round robin. A round of
-    /// shards that all had nothing cold cleared every bit; the next round evicts.
+    /// Evicts until the budget holds, a shard at a time, round robin. After a
+    /// round of shards with nothing cold within reach (every entry looked at had been
+    /// hit, and has its bit cleared now), the next round evicts what the hand is on.
     fn evict_to_budget(&self) {
-        let mut empty = 0;
-        while self.bytes.load(Ordering::Relaxed) > self.max_bytes && empty < 2 * SHARDS {
+        let mut misses = 0;
+        while self.bytes.load(Ordering::Relaxed) > self.max_bytes && misses < 3 * SHARDS {
             let i = self.evict_next.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            let evicted = write(&self.shards[i]).evict_one(&self.hasher);
+            let force = misses >= SHARDS;
+            let evicted = write(&self.shards[i]).evict_one(force, &self.hasher);
             match evicted {
                 Some(entry) => {
                     self.gone(&entry);
                     self.evictions.inc();
-                    empty = 0;
+                    misses = 0;
                 }
-                None => empty += 1,
+                None => misses += 1,
             }
         }
     }
@@ -855,35 +859,30 @@ impl Store {
     }
 
     /// The keys of a shard's entries that a purge covers. The shard's read lock is
-    /// held for a chunk at a time; if entries moved meanwhile (a removal), the scan
-    /// starts over, and after a few tries it holds the lock for the whole shard.
-    /// Entries stored or replaced during the scan were judged when they were stored.
+    /// held for a chunk at a time, from the last position down: a removal meanwhile
+    /// moves only the last entry (already seen, or still ahead) into its hole, so no
+    /// entry present when the scan started is skipped. Entries stored or replaced
+    /// during the scan were judged under the shard's lock when they were stored.
     fn covered_keys(&self, shard: &RwLock<Shard>) -> Vec<Box<str>> {
         let mut found = Vec::new();
-        for attempt in 0.. {
-            found.clear();
-            let chunk = if attempt < 3 { SWEEP_CHUNK } else { usize::MAX };
-            let mut at: usize = 0;
-            let mut moves = None;
-            loop {
+        let mut end = usize::MAX; // positions below `end` are still to be judged
+        loop {
+            {
                 let guard = read(shard);
-                if moves.is_some_and(|m| m != guard.moves) {
-                    break; // positions shifted: start over
-                }
-                moves = Some(guard.moves);
-                let end = at.saturating_add(chunk).min(guard.entries.len());
-                for entry in guard.entries.get(at..end).unwrap_or_default() {
+                end = end.min(guard.entries.len());
+                let start = end.saturating_sub(SWEEP_CHUNK);
+                for entry in guard.entries.get(start..end).unwrap_or_default() {
                     if self.covered(entry) {
                         found.push(entry.full_key.clone());
                     }
                 }
-                if end >= guard.entries.len() {
-                    return found;
-                }
-                at = end;
+                end = start;
             }
+            if end == 0 {
+                return found;
+            }
+            std::thread::yield_now();
         }
-        found
     }
 
     /// Reclaims the memory of purged entries: hard-purged variants go, soft-purged
@@ -906,10 +905,15 @@ impl Store {
                     match self.judge(&full_key, digest, &slot.response, false) {
                         Validity::HardPurged => removed += 1,
                         Validity::Valid => slots.push(slot),
-                        Validity::SoftPurged => slots.push(Slot {
-                            response: Arc::new(slot.response.restamped(Duration::ZERO, started)),
-                            used: slot.used,
-                        }),
+                        Validity::SoftPurged => {
+                            slots.push(Slot {
+                                response: Arc::new(slot.response.restamped(
+                                    Duration::ZERO,
+                                    started.max(slot.response.fetched_gen),
+                                )),
+                                used: slot.used,
+                            })
+                        }
                     }
                 }
                 let old = if slots.is_empty() {
@@ -1342,5 +1346,73 @@ mod tests {
         let stale = large.restamped(Duration::ZERO, 7);
         assert_eq!((stale.lifetime(), stale.fetched_gen), (Duration::ZERO, 7));
         assert_eq!(stale.body(), big);
+    }
+
+    #[test]
+    fn the_hand_clears_bits_within_reach_and_a_forced_step_evicts_anyway() {
+        let hasher = Hasher::default();
+        let mut shard = Shard::default();
+        for i in 0..EVICT_LOOK * 2 {
+            let k = key(&format!("/h/{i}"));
+            let r = StoredResponse::pack(stored(Variant::default(), "x"));
+            r.referenced.store(true, Ordering::Relaxed);
+            let entry = KeyEntry::new(k.full.as_str().into(), Variants::One(Arc::new(r)));
+            shard.push(hasher.hash_one(k.digest), entry, &hasher);
+        }
+        // Every entry was hit: one step looks at EVICT_LOOK of them and clears their bits.
+        assert!(shard.evict_one(false, &hasher).is_none());
+        let cleared = |s: &Shard| {
+            s.entries
+                .iter()
+                .filter(|e| {
+                    !e.variants
+                        .responses()
+                        .any(|r| r.referenced.load(Ordering::Relaxed))
+                })
+                .count()
+        };
+        assert_eq!(cleared(&shard), EVICT_LOOK);
+        // A forced step takes the entry under the hand whatever its bit.
+        assert!(shard.evict_one(true, &hasher).is_some());
+        assert_eq!(shard.entries.len(), EVICT_LOOK * 2 - 1);
+        // The hand wrapped to the cleared entries: the next plain step evicts one.
+        shard.hand = 0;
+        assert!(shard.evict_one(false, &hasher).is_some());
+        // Every remaining entry is still found through the index.
+        for e in &shard.entries {
+            let hash = hasher.hash_one(e.digest());
+            assert!(shard.position(hash, &e.full_key).is_some());
+        }
+    }
+
+    #[test]
+    fn a_sweep_in_chunks_judges_every_entry_of_a_large_shard() {
+        // About 1,250 entries a shard: more than one chunk each.
+        let store = Store::new(1 << 30, 4);
+        let g = store.generation();
+        let n = 80_000;
+        for i in 0..n {
+            let tag = if i % 2 == 0 { "even" } else { "odd" };
+            store.insert(&key(&format!("/c/{i}")), tagged(&[tag], g));
+        }
+        store.purge(
+            &Purge {
+                tags: vec!["odd".into()],
+                ..Purge::default()
+            },
+            &[],
+        );
+        assert_eq!(store.sweep(), n / 2);
+        assert_eq!(store.len(), (n / 2) as u64);
+        assert_eq!(store.purge_marks(), 0);
+        for i in (1..n).step_by(2) {
+            assert!(
+                matches!(
+                    store.lookup(&key(&format!("/c/{i}")), &HeaderMap::new()),
+                    Lookup::Miss
+                ),
+                "/c/{i} survived the sweep"
+            );
+        }
     }
 }
