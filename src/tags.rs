@@ -45,10 +45,6 @@ impl<'a> Packed<'a> {
             .filter(|t| !t.is_empty())
             .filter_map(|t| std::str::from_utf8(t).ok())
     }
-
-    pub fn is_empty(self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl std::fmt::Debug for Packed<'_> {
