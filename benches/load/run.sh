@@ -154,14 +154,11 @@ measure() { # port [path [lua-script [script args...]]]
       END { if (bad) rps=0; printf "%d %d %d\n", rps, p50, p99 }'
 }
 
-entries() { # port: the entries a Lacquer reports
-  curl -s "http://127.0.0.1:$1/.lacquer/metrics" | awk '$1 == "lacquer_entries" { print $2 }'
+metric() { # port name: a value from a Lacquer's metrics
+  curl -s "http://127.0.0.1:$1/.lacquer/metrics" | awk -v m="$2" '$1 == m { print $2 }'
 }
-
-hits() { # port: the hits a Lacquer has counted
-  curl -s "http://127.0.0.1:$1/.lacquer/metrics" |
-    awk '$1 == "lacquer_requests_total{cache_status=\"hit\"}" { print $2 }'
-}
+entries() { metric "$1" lacquer_entries; }
+hits() { metric "$1" 'lacquer_requests_total{cache_status="hit"}'; }
 
 hit_all() { # port prefix count: request each stored object once more (all hits)
   local before budget=$(( $3 / 1000 + 10 )) w h
