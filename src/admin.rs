@@ -367,6 +367,7 @@ impl Proxy {
             "bytes": self.store.weighted_size(),
             "tag_index": self.store.tag_index_len(),
             "purge_marks": self.store.purge_marks(),
+            "sweep_shards_scanned": self.store.shards_swept(),
             "requests": requests,
             "coalesced_waiters": self.metrics.coalesced_waiters.get(),
             "background_revalidations": self.metrics.background_revalidations.get(),

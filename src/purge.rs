@@ -153,6 +153,15 @@ pub struct Marker {
     marks: RwLock<Marks>,
 }
 
+/// What the marks held cover: entries carrying one of `tags`, entries under one of
+/// `digests`, or (`everything`: a purge of all, or of a prefix) any entry.
+#[derive(Debug, Default)]
+pub struct Scope {
+    pub everything: bool,
+    pub tags: Vec<Box<str>>,
+    pub digests: Vec<u128>,
+}
+
 /// What an entry needs to be judged: its generation, tags and key.
 pub struct Subject<'a> {
     pub fetched_gen: u64,
@@ -254,6 +263,17 @@ impl Marker {
         marks.urls.retain(|_, m| keep(m));
         if !keep(&marks.all) {
             marks.all = Mark::default();
+        }
+    }
+
+    /// What the marks held now cover, for a sweep to find their entries without
+    /// judging every entry in the store.
+    pub fn scope(&self) -> Scope {
+        let marks = self.marks.read().unwrap_or_else(|e| e.into_inner());
+        Scope {
+            everything: marks.all.hard > 0 || marks.all.soft > 0 || !marks.prefixes.is_empty(),
+            tags: marks.tags.keys().cloned().collect(),
+            digests: marks.urls.keys().copied().collect(),
         }
     }
 

@@ -543,6 +543,12 @@ const EVICT_LOOK: usize = 64;
 
 type Hasher = foldhash::fast::RandomState;
 
+/// The shard a table hash lives in (bits the table does not use for its buckets or
+/// control bytes).
+fn shard_of(hash: u64) -> usize {
+    (hash >> 32) as usize % SHARDS
+}
+
 /// Shards: hits on different keys rarely share a lock, and a sweep or an eviction
 /// holds one shard's lock at a time.
 const SHARDS: usize = 64;
@@ -594,11 +600,25 @@ pub struct Store {
     max_variants: usize,
     tick: AtomicU64,
     marker: Marker,
-    tag_counts: Mutex<HashMap<Arc<str>, usize>>,
+    tag_counts: Mutex<HashMap<Arc<str>, TagCount>>,
     swept: AtomicU64,
+    /// Shards sweeps have scanned (for tests of what a sweep looks at).
+    scanned: AtomicU64,
     /// Entries evicted for space (the metrics register this counter).
     pub evictions: prometheus_client::metrics::counter::Counter,
 }
+
+/// How many stored variants carry a tag, and the shards they may be in: a bit per
+/// shard, set when a variant carrying the tag is stored there and cleared only when
+/// the count is back to zero (the tag leaves the index). A sweep looks only in the
+/// shards the purged tags may be in.
+#[derive(Debug, Default, Clone, Copy)]
+struct TagCount {
+    variants: usize,
+    shards: u64,
+}
+
+const _: () = assert!(SHARDS <= u64::BITS as usize);
 
 fn read(shard: &RwLock<Shard>) -> std::sync::RwLockReadGuard<'_, Shard> {
     shard.read().unwrap_or_else(|e| e.into_inner())
@@ -621,44 +641,47 @@ impl Store {
             marker: Marker::default(),
             tag_counts: Mutex::default(),
             swept: AtomicU64::new(0),
+            scanned: AtomicU64::new(0),
             evictions: prometheus_client::metrics::counter::Counter::default(),
         }
     }
 
-    /// The table hash of a digest, and the shard it lives in (bits the table does
-    /// not use for its buckets or control bytes).
+    /// The table hash of a digest, and the shard it lives in.
     fn locate(&self, digest: u128) -> (u64, &RwLock<Shard>) {
         let hash = self.hasher.hash_one(digest);
-        let shard = (hash >> 32) as usize % SHARDS;
-        (hash, &self.shards[shard])
+        (hash, &self.shards[shard_of(hash)])
     }
 
-    /// Keeps the tag counters equal to the tags of what is stored.
-    fn count_tags(&self, entry: &KeyEntry, add: bool) {
+    /// Counts the tags of an entry stored in shard `shard`. Called under that
+    /// shard's write lock (a sweep relies on it: see `shards_in`).
+    fn count_in(&self, entry: &KeyEntry, shard: usize) {
         let mut counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
         for response in entry.variants.responses() {
             for tag in response.tags().iter() {
-                if add {
-                    match counts.get_mut(tag) {
-                        Some(n) => *n += 1,
-                        None => {
-                            counts.insert(Arc::from(tag), 1);
-                        }
-                    }
-                } else if let Some(n) = counts.get_mut(tag) {
-                    *n -= 1;
-                    if *n == 0 {
+                let count = match counts.get_mut(tag) {
+                    Some(count) => count,
+                    None => counts.entry(Arc::from(tag)).or_default(),
+                };
+                count.variants += 1;
+                count.shards |= 1 << shard;
+            }
+        }
+    }
+
+    /// Accounts for an entry that left the store: its bytes and its tags.
+    fn gone(&self, entry: &KeyEntry) {
+        self.bytes.fetch_sub(entry.weight(), Ordering::Relaxed);
+        let mut counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
+        for response in entry.variants.responses() {
+            for tag in response.tags().iter() {
+                if let Some(count) = counts.get_mut(tag) {
+                    count.variants -= 1;
+                    if count.variants == 0 {
                         counts.remove(tag);
                     }
                 }
             }
         }
-    }
-
-    /// Accounts for an entry that left the store.
-    fn gone(&self, entry: &KeyEntry) {
-        self.bytes.fetch_sub(entry.weight(), Ordering::Relaxed);
-        self.count_tags(entry, false);
     }
 
     /// The purge generation to record when a fetch starts.
@@ -748,7 +771,7 @@ impl Store {
             slots.remove(lru);
         }
         let entry = KeyEntry::new(key.full.as_str().into(), Variants::from_slots(slots));
-        self.count_tags(&entry, true);
+        self.count_in(&entry, shard_of(hash));
         self.bytes.fetch_add(entry.weight(), Ordering::Relaxed);
         match at {
             Some(i) => {
@@ -803,7 +826,7 @@ impl Store {
             for t in &purge.tags {
                 report
                     .tags
-                    .insert(t.clone(), counts.get(t.as_str()).copied().unwrap_or(0));
+                    .insert(t.clone(), counts.get(t.as_str()).map_or(0, |c| c.variants));
             }
         }
         for (url, key) in purge.urls.iter().zip(url_keys) {
@@ -885,14 +908,51 @@ impl Store {
         }
     }
 
+    /// The shards (a bit each) that may hold an entry stored before the marks in
+    /// `scope` and covered by one of them. A tag purge looks only where its tag's
+    /// entries may be (nowhere, for a tag nothing carries), a URL purge in its key's
+    /// shard, a prefix or everything purge everywhere.
+    ///
+    /// The marks were made before this is called. An insert judged before a mark
+    /// counts its tags before it lets go of its shard's write lock, so taking each
+    /// shard's lock once first means every such insert is counted by the time the
+    /// counts are read; an insert judged after the marks sees them (it is refused,
+    /// or stored already stale).
+    fn shards_in(&self, scope: &crate::purge::Scope) -> u64 {
+        if scope.everything {
+            return u64::MAX;
+        }
+        for shard in self.shards.iter() {
+            drop(read(shard));
+        }
+        let mut bits = 0;
+        for digest in &scope.digests {
+            bits |= 1 << shard_of(self.hasher.hash_one(*digest));
+        }
+        let counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
+        for tag in &scope.tags {
+            if let Some(count) = counts.get(&**tag) {
+                bits |= count.shards;
+            }
+        }
+        bits
+    }
+
     /// Reclaims the memory of purged entries: hard-purged variants go, soft-purged
     /// ones are rewritten as stale (lifetime 0) and judged no more; then the marks
-    /// up to the sweep's start generation are dropped. Returns variants removed.
+    /// up to the sweep's start generation are dropped. Only the shards the marks may
+    /// cover are scanned, so a sweep costs about the entries purged, not the store.
+    /// Returns variants removed.
     pub fn sweep(&self) -> usize {
         let started = self.marker.last_purge();
         self.swept.store(started, Ordering::Release);
+        let look_in = self.shards_in(&self.marker.scope());
         let mut removed = 0;
-        for shard in self.shards.iter() {
+        for (i, shard) in self.shards.iter().enumerate() {
+            if look_in & (1 << i) == 0 {
+                continue;
+            }
+            self.scanned.fetch_add(1, Ordering::Relaxed);
             for full_key in self.covered_keys(shard) {
                 let digest = crate::key::digest(&full_key);
                 let hash = self.hasher.hash_one(digest);
@@ -920,7 +980,7 @@ impl Store {
                     guard.remove_at(at, &self.hasher)
                 } else {
                     let rewritten = KeyEntry::new(full_key, Variants::from_slots(slots));
-                    self.count_tags(&rewritten, true);
+                    self.count_in(&rewritten, i);
                     self.bytes.fetch_add(rewritten.weight(), Ordering::Relaxed);
                     Some(std::mem::replace(&mut guard.entries[at], rewritten))
                 };
@@ -941,6 +1001,12 @@ impl Store {
     /// Distinct tags in the tag index.
     pub fn tag_index_len(&self) -> usize {
         self.tag_counts.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Shards that sweeps have scanned so far (a sweep skips the shards its purges
+    /// cannot cover).
+    pub fn shards_swept(&self) -> u64 {
+        self.scanned.load(Ordering::Relaxed)
     }
 
     /// Purge marks currently held.
@@ -1274,6 +1340,78 @@ mod tests {
             assert_eq!(found, i % 3 != 0, "{}", k.full);
         }
         assert_eq!(store.len(), 5000 - 1667);
+    }
+
+    /// Sweeps after `purge` and returns (shards scanned, variants removed).
+    fn sweep_after(store: &Store, purge: Purge, url_keys: &[CacheKey]) -> (u64, usize) {
+        let before = store.shards_swept();
+        store.purge(&purge, url_keys);
+        assert!(store.needs_sweep());
+        let removed = store.sweep();
+        assert_eq!(store.purge_marks(), 0, "the sweep forgets the marks");
+        (store.shards_swept() - before, removed)
+    }
+
+    #[test]
+    fn a_sweep_scans_only_the_shards_its_purges_can_cover() {
+        let store = Store::new(1 << 30, 4);
+        let g = store.generation();
+        let keys: Vec<CacheKey> = (0..2000).map(|i| key(&format!("/t/{i}"))).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let own = format!("product:{i}");
+            store.insert(k, tagged(&["all", &own], g));
+        }
+        let shard = |k: &CacheKey| shard_of(store.hasher.hash_one(k.digest));
+        let tags = |t: &[&str]| Purge {
+            tags: t.iter().map(|t| t.to_string()).collect(),
+            ..Purge::default()
+        };
+        // Tags nothing carries (a purge storm of other tags): no shard is scanned.
+        let storm = tags(&["storm:1", "storm:2", "storm:3"]);
+        assert_eq!(sweep_after(&store, storm, &[]), (0, 0));
+        // A tag on one entry: its shard only.
+        assert_eq!(sweep_after(&store, tags(&["product:7"]), &[]), (1, 1));
+        assert!(matches!(
+            store.lookup(&keys[7], &HeaderMap::new()),
+            Lookup::Miss
+        ));
+        // Tags on three entries: their shards.
+        let three: std::collections::HashSet<usize> =
+            [10, 11, 12].iter().map(|&i| shard(&keys[i])).collect();
+        let (scanned, removed) = sweep_after(
+            &store,
+            tags(&["product:10", "product:11", "product:12"]),
+            &[],
+        );
+        assert_eq!((scanned, removed), (three.len() as u64, 3));
+        // A URL: its key's shard.
+        let url = Purge {
+            urls: vec!["http://shop/t/20".into()],
+            ..Purge::default()
+        };
+        assert_eq!(
+            sweep_after(&store, url, &keys[20..21]),
+            (1, 0),
+            "removed by the purge itself"
+        );
+        // A tag whose entries are all gone leaves the index: no scan for it.
+        store.invalidate(&keys[30]);
+        assert_eq!(sweep_after(&store, tags(&["product:30"]), &[]), (0, 0));
+        // A prefix can cover any entry: every shard.
+        let prefix = Purge {
+            prefixes: vec!["shop/t/4".into()],
+            ..Purge::default()
+        };
+        let (scanned, removed) = sweep_after(&store, prefix, &[]);
+        assert_eq!(scanned, SHARDS as u64);
+        assert_eq!(removed, 1 + 10 + 100, "/t/4, /t/4x, /t/4xx");
+        // A tag every entry carries: every shard, every entry.
+        let left = store.len() as usize;
+        assert_eq!(
+            sweep_after(&store, tags(&["all"]), &[]),
+            (SHARDS as u64, left)
+        );
+        assert_eq!(store.tag_index_len(), 0);
     }
 
     /// Stores `n` entries tagged "even" or "odd" by index, purges "odd", sweeps, and
