@@ -182,7 +182,7 @@ async fn serve<IO>(
     scheme: &'static str,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -203,29 +203,84 @@ async fn serve<IO>(
     });
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    // Checked a few times per timeout: a head (or the first request) that takes
-    // longer than the timeout closes the connection within 1.25 × the timeout.
-    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(5)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Shutdown and the head clock are watched by a task of their own, so that the
+    // connection's many wake-ups (a few per request) poll only the connection.
+    let events = Arc::new(ConnectionEvents::default());
+    let _watcher = AbortOnDrop(tokio::spawn(watch_connection(
+        events.clone(),
+        clock,
+        stop,
+        (timeout / 4).max(Duration::from_millis(5)),
+    )));
     let mut draining = false;
-    let result = loop {
+    let result = std::future::poll_fn(|cx| {
+        // Registered before the flags are read: an event set after the reads wakes us.
+        events.waker.register(cx.waker());
+        if events.expired.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(None);
+        }
+        if !draining && events.stopping.load(Ordering::Acquire) {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            draining = true;
+        }
+        std::future::Future::poll(conn.as_mut(), cx).map(Some)
+    })
+    .await;
+    let Some(result) = result else {
+        debug!(%peer, "request head not received within the header read timeout: closing");
+        return;
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What a connection's watcher has seen, for the connection's task to act on.
+#[derive(Default)]
+struct ConnectionEvents {
+    /// The server is shutting down: finish the request in flight, then close.
+    stopping: AtomicBool,
+    /// A request head (or the first request) took longer than the timeout.
+    expired: AtomicBool,
+    /// The connection's task.
+    waker: futures_util::task::AtomicWaker,
+}
+
+/// Watches shutdown and a connection's head clock (checked a few times per
+/// timeout: a head that takes longer than the timeout closes the connection within
+/// 1.25 × the timeout), and wakes the connection's task when either fires.
+async fn watch_connection(
+    events: Arc<ConnectionEvents>,
+    clock: Arc<HeadClock>,
+    mut stop: watch::Receiver<bool>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
         tokio::select! {
-            result = conn.as_mut() => break result,
-            () = stopped(&mut stop), if !draining => {
-                // Finish the request in flight, then close.
-                conn.as_mut().graceful_shutdown();
-                draining = true;
+            () = stopped(&mut stop), if !events.stopping.load(Ordering::Relaxed) => {
+                events.stopping.store(true, Ordering::Release);
+                events.waker.wake();
             }
             _ = tick.tick() => {
                 if clock.expired() {
-                    debug!(%peer, "request head not received within the header read timeout: closing");
+                    events.expired.store(true, Ordering::Release);
+                    events.waker.wake();
                     return;
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -393,3 +393,36 @@ async fn a_hit_renders_the_same_head_as_the_general_path_and_a_reload_renders_it
     assert_eq!(after.header("cdn-cache-control"), None);
     assert_eq!(origin.hits(), 1);
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_kept_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start(|_| Reply::ok("idle").header("cache-control", "max-age=60")).await;
+    // A header read timeout longer than the drain timeout: only shutdown can close it.
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.server.header_read_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /idle HTTP/1.1\r\nhost: example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(b"idle") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the response arrived: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    // The connection is open and idle (keep-alive) when shutdown begins.
+    let common::Proxy { running, .. } = proxy;
+    let drained = running.shutdown(Duration::from_secs(30)).await;
+    assert!(drained, "the idle connection was closed, not waited out");
+    assert_eq!(
+        stream.read(&mut buf).await.unwrap(),
+        0,
+        "closed by the proxy"
+    );
+}

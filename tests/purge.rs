@@ -404,7 +404,11 @@ async fn a_sweep_looks_only_where_the_purged_tags_are() {
     assert_eq!(scanned(), 0);
     // A tag nothing carries: marks to forget, nothing to scan.
     // (The server's own sweeper may get there first: the counts are the same.)
-    report(&proxy.purge(Some(OPS), r#"{"tags":["campaign:none"]}"#).await);
+    report(
+        &proxy
+            .purge(Some(OPS), r#"{"tags":["campaign:none"]}"#)
+            .await,
+    );
     proxy.sweep();
     assert_eq!(scanned(), 0);
     // A tag on one entry: one shard scanned, the entry reclaimed.
