@@ -179,15 +179,14 @@ pub fn normalize_host<'a>(host: &'a str, scheme: &str) -> std::borrow::Cow<'a, s
     // Fast path (the common case): already lowercase, no trailing dot, no default
     // port. One pass over the bytes (no substring search).
     let default_suffix = if scheme == "https" { ":443" } else { ":80" };
-    let mut clean = true;
-    let mut prev = 0u8;
-    for &c in host.as_bytes() {
-        if c.is_ascii_uppercase() || (prev == b'.' && c == b':') {
-            clean = false;
-            break;
-        }
-        prev = c;
-    }
+    let b = host.as_bytes();
+    // Without early exits, so that the compiler checks many bytes at once.
+    let upper = b.iter().fold(false, |any, c| any | c.is_ascii_uppercase());
+    let dot_before_port = match b.iter().rposition(|&c| c == b':') {
+        Some(i) => i > 0 && b[i - 1] == b'.',
+        None => false,
+    };
+    let clean = !upper && !dot_before_port;
     if clean && !host.ends_with('.') && !host.ends_with(default_suffix) && !host.ends_with(':') {
         return std::borrow::Cow::Borrowed(host);
     }
@@ -521,6 +520,20 @@ mod tests {
         assert_eq!(normalize_host("[::1]", "http"), "[::1]");
         assert_eq!(normalize_host("[::1]:80", "http"), "[::1]");
         assert_eq!(normalize_host("", "http"), "");
+        // A trailing dot before a port, and hosts already normal (the fast path).
+        assert_eq!(
+            normalize_host("example.com.:8080", "http"),
+            "example.com:8080"
+        );
+        assert_eq!(normalize_host("example.com.:80", "http"), "example.com");
+        assert!(matches!(
+            normalize_host("cdn.example.com:8443", "https"),
+            std::borrow::Cow::Borrowed("cdn.example.com:8443")
+        ));
+        assert!(matches!(
+            normalize_host("127.0.0.1:18301", "http"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

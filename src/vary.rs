@@ -103,37 +103,47 @@ impl VaryRules {
     }
 }
 
-/// One field's value from all its lines, split into list members with q-values.
-fn members(headers: &HeaderMap, name: &HeaderName) -> Vec<(String, f32)> {
-    let mut out = Vec::new();
+/// Visits one field's list members across all its lines: each token (trimmed, not
+/// yet lowercased) with its q-value. At most 64 members, for bounded work on huge
+/// fields; no allocation.
+fn each_member(headers: &HeaderMap, name: &HeaderName, mut visit: impl FnMut(&[u8], f32)) {
+    let mut seen = 0;
     for line in headers.get_all(name) {
-        let text = String::from_utf8_lossy(line.as_bytes());
-        for member in text.split(',') {
-            let mut parts = member.split(';');
-            let token = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        for member in line.as_bytes().split(|&b| b == b',') {
+            let mut parts = member.split(|&b| b == b';');
+            let token = parts.next().unwrap_or_default().trim_ascii();
             if token.is_empty() || token.len() > 64 {
                 continue;
             }
             let mut q = 1.0f32;
             for p in parts {
-                if let Some((k, v)) = p.split_once('=') {
-                    if k.trim().eq_ignore_ascii_case("q") {
-                        // RFC 9110 §12.4.2: qvalue 0..1; anything else is invalid → 0.
-                        q = v
-                            .trim()
-                            .parse::<f32>()
-                            .ok()
-                            .filter(|q| (0.0..=1.0).contains(q))
-                            .unwrap_or(0.0);
-                    }
+                let Some(eq) = p.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                if p[..eq].trim_ascii().eq_ignore_ascii_case(b"q") {
+                    // RFC 9110 §12.4.2: qvalue 0..1; anything else is invalid → 0.
+                    q = std::str::from_utf8(p[eq + 1..].trim_ascii())
+                        .ok()
+                        .and_then(|v| v.parse::<f32>().ok())
+                        .filter(|q| (0.0..=1.0).contains(q))
+                        .unwrap_or(0.0);
                 }
             }
-            out.push((token, q));
-            if out.len() >= 64 {
-                return out; // bounded work on huge fields
+            visit(token, q);
+            seen += 1;
+            if seen >= 64 {
+                return;
             }
         }
     }
+}
+
+/// One field's list members with q-values, tokens lowercased.
+fn members(headers: &HeaderMap, name: &HeaderName) -> Vec<(String, f32)> {
+    let mut out = Vec::new();
+    each_member(headers, name, |token, q| {
+        out.push((String::from_utf8_lossy(token).to_ascii_lowercase(), q));
+    });
     out
 }
 
@@ -143,16 +153,26 @@ pub fn normalize(
     headers: &HeaderMap,
     name: &HeaderName,
 ) -> Cow<'static, str> {
-    let list = members(headers, name);
     match normalizer {
         Normalizer::Encoding => {
-            let q_of = |coding: &str| {
-                list.iter()
-                    .find(|(t, _)| t == coding)
-                    .or_else(|| list.iter().find(|(t, _)| t == "*"))
-                    .map_or(0.0, |(_, q)| *q)
-            };
-            let (br, gzip) = (q_of("br"), q_of("gzip"));
+            // The first member naming each coding counts; `*` stands in for one
+            // not named. Compared without allocating (browsers send this field on
+            // every request).
+            let (mut br, mut gzip, mut star) = (None, None, None);
+            each_member(headers, name, |token, q| {
+                let slot = if token.eq_ignore_ascii_case(b"br") {
+                    &mut br
+                } else if token.eq_ignore_ascii_case(b"gzip") {
+                    &mut gzip
+                } else if token == b"*" {
+                    &mut star
+                } else {
+                    return;
+                };
+                slot.get_or_insert(q);
+            });
+            let q_of = |q: Option<f32>| q.or(star).unwrap_or(0.0);
+            let (br, gzip) = (q_of(br), q_of(gzip));
             Cow::Borrowed(if br > 0.0 && br >= gzip {
                 "br"
             } else if gzip > 0.0 {
@@ -162,6 +182,7 @@ pub fn normalize(
             })
         }
         Normalizer::Language { languages, default } => {
+            let list = members(headers, name);
             let mut ranked: Vec<&(String, f32)> = list.iter().filter(|(_, q)| *q > 0.0).collect();
             ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
             for (tag, _) in ranked {
