@@ -348,8 +348,17 @@ async fn a_hit_renders_the_same_head_as_the_general_path_and_a_reload_renders_it
     proxy.get("/r").await; // miss, stored
     let first = proxy.get("/r").await;
     let second = proxy.get("/r").await; // the second hit in a second: rendered and kept
-    let third = proxy.get("/r").await; // reused (unless a second passed)
-                                       // A conditional request that does not match takes the general path.
+                                        // Reused (unless a second passed), in the map that carried the request's own
+                                        // fields: none of them may show through.
+    let third = proxy
+        .get_with(
+            "/r",
+            &[("x-request-only", "secret"), ("user-agent", "probe")],
+        )
+        .await;
+    assert_eq!(third.header("x-request-only"), None);
+    assert_eq!(third.header("user-agent"), None);
+    // A conditional request that does not match takes the general path.
     let general = proxy
         .get_with("/r", &[("if-none-match", "\"other\"")])
         .await;
