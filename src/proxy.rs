@@ -383,7 +383,7 @@ impl Proxy {
         } else {
             Directives::default()
         };
-        let mut ctx = Ctx {
+        let ctx = Ctx {
             method: parts.method,
             uri: parts.uri,
             version: parts.version,
@@ -414,7 +414,7 @@ impl Proxy {
                 this.done(&ctx, res, started, &this.cfg())
             });
         }
-        match self.cached(&mut ctx, s) {
+        match self.cached(&ctx, s) {
             Ok(res) => answered(self.done(&ctx, res, started, s)),
             Err((stale, fwd)) => pending(async move {
                 let res = this.fetch(&ctx, stale, fwd).await;
@@ -445,7 +445,7 @@ impl Proxy {
     /// validate, if any, and why.
     fn cached(
         self: &Arc<Self>,
-        ctx: &mut Ctx,
+        ctx: &Ctx,
         cfg: &Settings,
     ) -> Result<Response<Body>, (Option<Arc<StoredResponse>>, Fwd)> {
         let now = SystemTime::now();
@@ -711,7 +711,7 @@ impl Proxy {
     /// give the same headers (tested in tests/caching.rs).
     fn serve_fresh(
         &self,
-        ctx: &mut Ctx,
+        ctx: &Ctx,
         entry: &StoredResponse,
         now: SystemTime,
         age: std::time::Duration,
@@ -726,24 +726,23 @@ impl Proxy {
         }
         let age_secs = freshness::age_header_secs(age);
         let ttl = freshness::ttl_secs(entry.lifetime(), age);
-        // The request's fields are not needed past this point (a plain GET: nothing
-        // shapes the answer), and their map's allocation can carry the response's.
-        let mut headers = std::mem::take(&mut ctx.headers);
-        let res = if entry.rendering(cfg.generation, age_secs, ttl, &mut headers) {
-            let outcome = Outcome::Hit { stale: false };
-            self.metrics.request(outcome.label());
-            let mut res = response(entry.status, headers, body::full(entry.body()));
-            if cfg.access_log {
-                res.extensions_mut().insert(OutcomeLabel(outcome.label()));
+        let res = match entry.rendering(cfg.generation, age_secs, ttl) {
+            Some(headers) => {
+                let outcome = Outcome::Hit { stale: false };
+                self.metrics.request(outcome.label());
+                let mut res = response(entry.status, headers, body::full(entry.body()));
+                if cfg.access_log {
+                    res.extensions_mut().insert(OutcomeLabel(outcome.label()));
+                }
+                res
             }
-            res
-        } else {
-            ctx.headers = headers;
-            let res = self.serve_stored(ctx, entry, Outcome::Hit { stale: false }, now);
-            if entry.rendering_wanted(age_secs) {
-                entry.keep_rendering(cfg.generation, age_secs, ttl, res.headers().clone());
+            None => {
+                let res = self.serve_stored(ctx, entry, Outcome::Hit { stale: false }, now);
+                if entry.rendering_wanted(age_secs) {
+                    entry.keep_rendering(cfg.generation, age_secs, ttl, res.headers().clone());
+                }
+                res
             }
-            res
         };
         if cfg!(debug_assertions) {
             // Debug builds (every test) check the cached rendering against a new one.

@@ -193,21 +193,13 @@ impl StoredResponse {
     }
 
     /// The head rendered for exactly these inputs, if that is what is cached.
-    /// Writes the kept rendering into `into` (cleared first, its allocation reused:
-    /// the request's own map, which hyper then reuses for the next request's head),
-    /// if one is kept for this config generation, age and TTL.
-    pub fn rendering(&self, generation: u64, age: u64, ttl: i64, into: &mut HeaderMap) -> bool {
+    pub fn rendering(&self, generation: u64, age: u64, ttl: i64) -> Option<HeaderMap> {
         let guard = self.rendering.load();
         match guard.as_deref() {
             Some(r) if r.generation == generation && r.age == age && r.ttl == ttl => {
-                into.clear();
-                into.reserve(r.headers.len());
-                for (name, value) in &r.headers {
-                    into.append(name.clone(), value.clone());
-                }
-                true
+                Some(r.headers.clone())
             }
-            _ => false,
+            _ => None,
         }
     }
 
