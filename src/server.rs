@@ -375,10 +375,10 @@ impl Drop for HeadSleep {
 }
 
 /// Reclaims the memory of purged entries in the background, once per second when
-/// purges happened (the purge itself only wrote marks). The walk over every entry
-/// runs on a thread of its own at the lowest CPU priority: on a busy core it yields
-/// to the request path (a purge storm must not slow hits down), and purged entries
-/// are already refused by their marks while they wait to be reclaimed.
+/// purges happened (the purge itself only wrote marks). A sweep scans only the
+/// shards its marks can cover (`Store::sweep`), on a thread of its own at nice 19:
+/// on a busy core it yields to the request path (a purge storm must not slow hits
+/// down), and purged entries are already refused by their marks while they wait.
 async fn sweeper(proxy: Arc<Proxy>) {
     let (wake, sweeps) = std::sync::mpsc::sync_channel::<()>(1);
     let p = proxy.clone();
