@@ -373,13 +373,20 @@ async fn a_fetch_in_flight_during_a_purge_is_not_stored_or_served_as_fresh_after
     assert_eq!(later.text(), "v2");
 }
 
-#[tokio::test]
-async fn the_tag_index_empties_when_everything_is_purged_and_swept() {
+/// A proxy holding /product/0 to /product/19 (tags site:all, from-cache-tag and
+/// product:N), and its origin.
+async fn twenty_products() -> (Origin, Proxy) {
     let origin = Origin::start(tagged_origin).await;
     let proxy = proxy_with_tokens(&origin).await;
     for i in 0..20 {
         proxy.get(&format!("/product/{i}")).await;
     }
+    (origin, proxy)
+}
+
+#[tokio::test]
+async fn the_tag_index_empties_when_everything_is_purged_and_swept() {
+    let (_origin, proxy) = twenty_products().await;
     let stats = proxy.running.proxy.stats();
     assert_eq!(
         stats["tag_index"], 22,
@@ -395,11 +402,7 @@ async fn the_tag_index_empties_when_everything_is_purged_and_swept() {
 
 #[tokio::test]
 async fn a_sweep_looks_only_where_the_purged_tags_are() {
-    let origin = Origin::start(tagged_origin).await;
-    let proxy = proxy_with_tokens(&origin).await;
-    for i in 0..20 {
-        proxy.get(&format!("/product/{i}")).await;
-    }
+    let (_origin, proxy) = twenty_products().await;
     let scanned = || proxy.running.proxy.stats()["sweep_shards_scanned"].clone();
     assert_eq!(scanned(), 0);
     // A tag nothing carries: marks to forget, nothing to scan.
