@@ -556,6 +556,9 @@ const SHARDS: usize = 64;
 /// Entries a sweep judges per hold of a shard's read lock.
 const SWEEP_CHUNK: usize = 1024;
 
+/// Tags a sweep looks up per hold of the tag counters' lock.
+const TAGS_PER_HOLD: usize = 64;
+
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -604,6 +607,8 @@ pub struct Store {
     swept: AtomicU64,
     /// Shards sweeps have scanned (for tests of what a sweep looks at).
     scanned: AtomicU64,
+    /// Held by the sweep in progress.
+    sweeping: Mutex<()>,
     /// Entries evicted for space (the metrics register this counter).
     pub evictions: prometheus_client::metrics::counter::Counter,
 }
@@ -611,7 +616,9 @@ pub struct Store {
 /// How many stored variants carry a tag, and the shards they may be in: a bit per
 /// shard, set when a variant carrying the tag is stored there and cleared only when
 /// the count is back to zero (the tag leaves the index). A sweep looks only in the
-/// shards the purged tags may be in.
+/// shards the purged tags may be in. Bits only accumulate while a tag is stored: a
+/// long-lived tag whose entries come and go may end up with every bit set, and a purge
+/// of it then scans every shard (as every sweep did before the bits).
 #[derive(Debug, Default, Clone, Copy)]
 struct TagCount {
     variants: usize,
@@ -642,6 +649,7 @@ impl Store {
             tag_counts: Mutex::default(),
             swept: AtomicU64::new(0),
             scanned: AtomicU64::new(0),
+            sweeping: Mutex::default(),
             evictions: prometheus_client::metrics::counter::Counter::default(),
         }
     }
@@ -918,21 +926,31 @@ impl Store {
     /// shard's lock once first means every such insert is counted by the time the
     /// counts are read; an insert judged after the marks sees them (it is refused,
     /// or stored already stale).
+    ///
+    /// The tag counters are read a chunk of tags at a time: an insert waits for
+    /// them while it holds its shard's lock, and this runs on the low-priority
+    /// sweep thread. (A bit stays set while its tag's count is above zero, so reading
+    /// the tags at different moments misses nothing.)
     fn shards_in(&self, scope: &crate::purge::Scope) -> u64 {
         if scope.everything {
             return u64::MAX;
-        }
-        for shard in self.shards.iter() {
-            drop(read(shard));
         }
         let mut bits = 0;
         for digest in &scope.digests {
             bits |= 1 << shard_of(self.hasher.hash_one(*digest));
         }
-        let counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
-        for tag in &scope.tags {
-            if let Some(count) = counts.get(&**tag) {
-                bits |= count.shards;
+        if scope.tags.is_empty() {
+            return bits;
+        }
+        for shard in self.shards.iter() {
+            drop(read(shard));
+        }
+        for chunk in scope.tags.chunks(TAGS_PER_HOLD) {
+            let counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
+            for tag in chunk {
+                if let Some(count) = counts.get(&**tag) {
+                    bits |= count.shards;
+                }
             }
         }
         bits
@@ -944,6 +962,8 @@ impl Store {
     /// cover are scanned, so a sweep costs about the entries purged, not the store.
     /// Returns variants removed.
     pub fn sweep(&self) -> usize {
+        // One sweep at a time: a second would scan the same shards for the same marks.
+        let _one = self.sweeping.lock().unwrap_or_else(|e| e.into_inner());
         let started = self.marker.last_purge();
         self.swept.store(started, Ordering::Release);
         let look_in = self.shards_in(&self.marker.scope());
@@ -1384,6 +1404,14 @@ mod tests {
             &[],
         );
         assert_eq!((scanned, removed), (three.len() as u64, 3));
+        // More tags than one hold of the counters' lock reads: the last one counts.
+        let mut many: Vec<String> = (0..200).map(|i| format!("storm:{i}")).collect();
+        many.push("product:50".into());
+        let many = Purge {
+            tags: many,
+            ..Purge::default()
+        };
+        assert_eq!(sweep_after(&store, many, &[]), (1, 1));
         // A URL: its key's shard.
         let url = Purge {
             urls: vec!["http://shop/t/20".into()],

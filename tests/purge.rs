@@ -393,7 +393,8 @@ async fn the_tag_index_empties_when_everything_is_purged_and_swept() {
         "site:all, from-cache-tag, product:0..19: {stats}"
     );
     report(&proxy.purge(Some(OPS), r#"{"all":true}"#).await);
-    assert_eq!(proxy.sweep(), 20);
+    // (The server's own sweeper may get there first: the figures are the same.)
+    proxy.sweep();
     let stats = proxy.running.proxy.stats();
     assert_eq!(stats["tag_index"], 0, "{stats}");
     assert_eq!(stats["entries"], 0, "{stats}");
@@ -405,8 +406,9 @@ async fn a_sweep_looks_only_where_the_purged_tags_are() {
     let (_origin, proxy) = twenty_products().await;
     let scanned = || proxy.running.proxy.stats()["sweep_shards_scanned"].clone();
     assert_eq!(scanned(), 0);
-    // A tag nothing carries: marks to forget, nothing to scan.
-    // (The server's own sweeper may get there first: the counts are the same.)
+    // A tag nothing carries: marks to forget, nothing to scan. (The server's own
+    // sweeper may get there first; sweeps run one at a time, so the counts are the
+    // same.)
     report(
         &proxy
             .purge(Some(OPS), r#"{"tags":["campaign:none"]}"#)
@@ -522,8 +524,13 @@ async fn the_sweep_after_a_purge_leaves_everything_else_alone() {
             .purge(Some(CI), r#"{"tags":["campaign:summer"]}"#)
             .await,
     );
-    assert_eq!(proxy.sweep(), 1);
-    assert_eq!(proxy.running.proxy.stats()["purge_marks"], 0);
+    proxy.sweep(); // (or the server's own sweeper: the figures are the same)
+    let stats = proxy.running.proxy.stats();
+    assert_eq!(
+        stats["entries"], 1,
+        "the purged entry was reclaimed: {stats}"
+    );
+    assert_eq!(stats["purge_marks"], 0);
     assert!(
         proxy.get("/product/5").await.is_hit(),
         "not covered by the purge"
