@@ -287,9 +287,10 @@ impl Drop for AbortOnDrop {
 /// The header read timeout of one connection, as hyper's HTTP/1 timer: hyper asks
 /// for a sleep when it starts reading a request head and drops it once the head is
 /// parsed, so the clock is armed exactly while a head is awaited (the keep-alive
-/// wait included). The sleep itself never wakes anyone: `serve` checks the clock
-/// a few times per timeout and closes the connection when it ran out. That costs
-/// two atomic stores per request instead of a timer registration and removal.
+/// wait included). The sleep itself never fires: the connection's watcher
+/// (`watch_connection`) checks the clock a few times per timeout and has the
+/// connection closed when it ran out. That costs two atomic stores per request
+/// instead of a timer registration and removal.
 struct HeadClock {
     base: std::time::Instant,
     /// Deadline in nanoseconds since `base`; 0 when no head is awaited.
@@ -357,12 +358,9 @@ impl std::future::Future for HeadSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        // Nothing to wake: `serve` watches the clock and closes the connection.
-        if self.0.expired() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
+        // Never fires: the connection's watcher checks the clock and closes the
+        // connection, so hyper's polls of the head read do not read the clock.
+        std::task::Poll::Pending
     }
 }
 
