@@ -347,9 +347,9 @@ async fn a_hit_renders_the_same_head_as_the_general_path_and_a_reload_renders_it
     let proxy = Proxy::start(&origin).await;
     proxy.get("/r").await; // miss, stored
     let first = proxy.get("/r").await;
-    let second = proxy.get("/r").await; // the second hit in a second: rendered and kept
-                                        // Reused (unless a second passed), in the map that carried the request's own
-                                        // fields: none of them may show through.
+    // The second hit in a second: rendered and kept.
+    let second = proxy.get("/r").await;
+    // Reused (unless a second passed): none of the request's own fields show through.
     let third = proxy
         .get_with(
             "/r",
