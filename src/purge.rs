@@ -112,6 +112,11 @@ impl Mark {
         }
     }
 
+    /// Has a purge set this mark?
+    fn is_set(&self) -> bool {
+        self.hard > 0 || self.soft > 0
+    }
+
     fn judge(&self, fetched: u64) -> Validity {
         if fetched < self.hard {
             Validity::HardPurged
@@ -271,7 +276,7 @@ impl Marker {
     pub fn scope(&self) -> Scope {
         let marks = self.marks.read().unwrap_or_else(|e| e.into_inner());
         Scope {
-            everything: marks.all.hard > 0 || marks.all.soft > 0 || !marks.prefixes.is_empty(),
+            everything: marks.all.is_set() || !marks.prefixes.is_empty(),
             tags: marks.tags.keys().cloned().collect(),
             digests: marks.urls.keys().copied().collect(),
         }

@@ -465,6 +465,12 @@ impl KeyEntry {
     fn digest(&self) -> u128 {
         crate::key::digest(&self.full_key)
     }
+
+    /// The tags of every variant (a tag carried by two variants comes twice, as the
+    /// tag counters count variants).
+    fn tags(&self) -> impl Iterator<Item = &str> + '_ {
+        self.variants.responses().flat_map(|r| r.tags().iter())
+    }
 }
 
 /// One of the store's shards: its entries in a flat list (the CLOCK hand walks it)
@@ -605,7 +611,7 @@ pub struct Store {
     marker: Marker,
     tag_counts: Mutex<HashMap<Arc<str>, TagCount>>,
     swept: AtomicU64,
-    /// Shards sweeps have scanned (for tests of what a sweep looks at).
+    /// Shards sweeps have scanned (`sweep_shards_scanned` in the stats).
     scanned: AtomicU64,
     /// Held by the sweep in progress.
     sweeping: Mutex<()>,
@@ -664,15 +670,13 @@ impl Store {
     /// shard's write lock (a sweep relies on it: see `shards_in`).
     fn count_in(&self, entry: &KeyEntry, shard: usize) {
         let mut counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
-        for response in entry.variants.responses() {
-            for tag in response.tags().iter() {
-                let count = match counts.get_mut(tag) {
-                    Some(count) => count,
-                    None => counts.entry(Arc::from(tag)).or_default(),
-                };
-                count.variants += 1;
-                count.shards |= 1 << shard;
-            }
+        for tag in entry.tags() {
+            let count = match counts.get_mut(tag) {
+                Some(count) => count,
+                None => counts.entry(Arc::from(tag)).or_default(),
+            };
+            count.variants += 1;
+            count.shards |= 1 << shard;
         }
     }
 
@@ -680,13 +684,11 @@ impl Store {
     fn gone(&self, entry: &KeyEntry) {
         self.bytes.fetch_sub(entry.weight(), Ordering::Relaxed);
         let mut counts = self.tag_counts.lock().unwrap_or_else(|e| e.into_inner());
-        for response in entry.variants.responses() {
-            for tag in response.tags().iter() {
-                if let Some(count) = counts.get_mut(tag) {
-                    count.variants -= 1;
-                    if count.variants == 0 {
-                        counts.remove(tag);
-                    }
+        for tag in entry.tags() {
+            if let Some(count) = counts.get_mut(tag) {
+                count.variants -= 1;
+                if count.variants == 0 {
+                    counts.remove(tag);
                 }
             }
         }
