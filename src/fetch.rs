@@ -483,49 +483,49 @@ impl Proxy {
                 };
                 Own::Response(self.respond_fresh(ctx, response, &outcome, None))
             }
-            Exchange::Storable { entry, body, len } => match guard.take() {
-                Some(mut g) => {
-                    let shared_body = SharedBody::new(len);
-                    let head = Arc::new(StoredResponse::pack(Fetched {
-                        body: Bytes::new(),
-                        ..entry.clone()
-                    }));
-                    let shared = Shared::Stored {
-                        entry: head,
-                        body: shared_body.clone(),
-                    };
-                    g.publish(shared.clone());
-                    self.pump(ctx, entry, body, len, shared_body, g);
-                    Own::Shared(shared)
+            Exchange::Storable { entry, body, len } => {
+                // The head without its body: what clients are answered from while
+                // the body streams (the store gets the whole entry once complete).
+                let head = StoredResponse::pack(Fetched {
+                    body: Bytes::new(),
+                    ..entry.clone()
+                });
+                match guard.take() {
+                    Some(mut g) => {
+                        let shared_body = SharedBody::new(len);
+                        let shared = Shared::Stored {
+                            entry: Arc::new(head),
+                            body: shared_body.clone(),
+                        };
+                        g.publish(shared.clone());
+                        self.pump(ctx, entry, body, len, shared_body, g);
+                        Own::Shared(shared)
+                    }
+                    None => {
+                        let store = self.store.clone();
+                        let key = ctx.key.clone();
+                        let mut full = entry;
+                        let on_complete = move |bytes: Bytes| {
+                            full.body = bytes;
+                            store.insert(&key, full);
+                        };
+                        let limit = self.cfg().max_object_size as usize;
+                        let (client_body, collect) = body::tee(body, len, limit, on_complete);
+                        let full_key = ctx.key.full.clone();
+                        tokio::spawn(async move {
+                            if let Err(end) = collect.await {
+                                debug!(key = %full_key, ?end, "response not stored");
+                            }
+                        });
+                        Own::Response(self.respond_stored_head(
+                            job,
+                            &head,
+                            body::boxed(client_body),
+                            false,
+                        ))
+                    }
                 }
-                None => {
-                    let head = StoredResponse::pack(Fetched {
-                        body: Bytes::new(),
-                        ..entry.clone()
-                    });
-                    let store = self.store.clone();
-                    let key = ctx.key.clone();
-                    let mut full = entry;
-                    let on_complete = move |bytes: Bytes| {
-                        full.body = bytes;
-                        store.insert(&key, full);
-                    };
-                    let limit = self.cfg().max_object_size as usize;
-                    let (client_body, collect) = body::tee(body, len, limit, on_complete);
-                    let full_key = ctx.key.full.clone();
-                    tokio::spawn(async move {
-                        if let Err(end) = collect.await {
-                            debug!(key = %full_key, ?end, "response not stored");
-                        }
-                    });
-                    Own::Response(self.respond_stored_head(
-                        job,
-                        &head,
-                        body::boxed(client_body),
-                        false,
-                    ))
-                }
-            },
+            }
         }
     }
 
