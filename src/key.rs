@@ -177,7 +177,7 @@ impl KeyRules {
 pub fn normalize_host<'a>(host: &'a str, scheme: &str) -> std::borrow::Cow<'a, str> {
     let host = host.trim_ascii();
     // Fast path (the common case): already lowercase, no trailing dot, no default
-    // port. One pass over the bytes (no substring search).
+    // port. No allocation and no substring search.
     let default_suffix = if scheme == "https" { ":443" } else { ":80" };
     let b = host.as_bytes();
     // Without early exits, so that the compiler checks many bytes at once.
