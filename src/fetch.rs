@@ -243,7 +243,7 @@ impl Proxy {
         let res = match result {
             Ok((res, _)) => res,
             Err(e) => {
-                warn!(request_id = ctx.request_id, host = %ctx.host, uri = %ctx.uri, error = %e, "origin request failed");
+                warn!(request_id = ctx.request_id, host = %ctx.host(), uri = %ctx.uri, error = %e, "origin request failed");
                 return Exchange::Failed {
                     status: e.kind.status(),
                     detail: e.kind.as_str(),
@@ -276,7 +276,7 @@ impl Proxy {
             }
         }
         if status.is_server_error() {
-            warn!(request_id = ctx.request_id, host = %ctx.host, uri = %ctx.uri, status = status.as_u16(), "origin answered with a server error");
+            warn!(request_id = ctx.request_id, host = %ctx.host(), uri = %ctx.uri, status = status.as_u16(), "origin answered with a server error");
             let res = response(status, rparts.headers, body::boxed(rbody));
             return Exchange::Failed {
                 status,

@@ -71,10 +71,8 @@ pub(crate) struct Ctx {
     pub version: Version,
     pub headers: HeaderMap,
     pub client: ClientInfo,
-    /// The host the client asked for (authority or `Host`), as received.
-    pub host: String,
-    /// The same, normalized (what keys use), when that differs from `host`: see
-    /// [`Ctx::host_norm`].
+    /// The host the client asked for, normalized (what keys use), when that
+    /// differs from [`Ctx::host`]: see [`Ctx::host_norm`].
     pub host_normalized: Option<String>,
     pub key: CacheKey,
     pub req_dirs: Directives,
@@ -94,6 +92,18 @@ pub type Reloader = Box<dyn Fn() -> Result<Settings, crate::config::ConfigError>
 /// A response now (`Left`), or a future one (`Right`, boxed: only requests that need
 /// I/O pay for a future).
 pub type Answer = Either<Ready<Response<Body>>, BoxFuture<'static, Response<Body>>>;
+
+/// The host a request asked for: its target's authority, else its (first) `Host`
+/// field when that is visible ASCII, else empty.
+fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
+    match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+    }
+}
 
 fn answered(res: Response<Body>) -> Answer {
     Either::Left(ready(res))
@@ -147,9 +157,16 @@ impl Clone for OriginTime {
 pub(crate) struct OutcomeLabel(pub &'static str);
 
 impl Ctx {
+    /// The host the client asked for, as received: the request target's authority,
+    /// else the `Host` field (empty when neither is there, or when the field is not
+    /// visible ASCII or was stripped). Read from the request, not copied per request.
+    pub(crate) fn host(&self) -> &str {
+        request_host(&self.uri, &self.headers)
+    }
+
     /// The normalized host (what keys use).
     pub(crate) fn host_norm(&self) -> &str {
-        self.host_normalized.as_deref().unwrap_or(&self.host)
+        self.host_normalized.as_deref().unwrap_or(self.host())
     }
 
     pub(crate) fn record_origin_time(&self, since: std::time::Instant) {
@@ -310,16 +327,15 @@ impl Proxy {
         let mut head_bytes = 0;
         let mut as_stored = true;
         let (mut hosts, mut with_body, mut strip) = (0, false, false);
-        let mut host_field = None;
         let mut with_directives = false;
+        let mut host_field = None;
         for (n, v) in req.headers() {
             head_bytes += n.as_str().len() + v.len() + 4;
             as_stored &= !conditional::shapes_answer(n);
             if n == HOST {
                 hosts += 1;
-                if host_field.is_none() {
-                    host_field = v.to_str().ok().map(str::to_string);
-                }
+                // A handle on the parsed bytes, not a copy.
+                host_field.get_or_insert_with(|| v.clone());
             } else if n == CACHE_CONTROL {
                 with_directives = true;
             } else if n == TRANSFER_ENCODING {
@@ -362,14 +378,17 @@ impl Proxy {
                 parts.headers.remove(name);
             }
         }
+        // What `Ctx::host` reads from the request, unless stripping removed the field.
         let host = match parts.uri.authority() {
-            Some(a) => a.as_str().to_string(),
-            // The Host field as seen in the first pass, unless stripping removed it.
-            None if !strip || parts.headers.contains_key(HOST) => host_field.unwrap_or_default(),
-            None => String::new(),
+            Some(a) => a.as_str(),
+            None if !strip || parts.headers.contains_key(HOST) => host_field
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            None => "",
         };
-        let host_norm = key::normalize_host(&host, client.scheme);
-        // Usually already normal: no second copy.
+        let host_norm = key::normalize_host(host, client.scheme);
+        // Usually already normal: no copy.
         let host_normalized = (*host_norm != *host).then(|| host_norm.to_string());
         let rule = s.key_rules.rule_for(&host_norm, parts.uri.path());
         let cacheable = (parts.method == Method::GET || parts.method == Method::HEAD) && !with_body;
@@ -389,7 +408,6 @@ impl Proxy {
             version: parts.version,
             headers: parts.headers,
             client,
-            host,
             host_normalized,
             key,
             req_dirs,
@@ -638,8 +656,8 @@ impl Proxy {
         let mut headers = ctx.headers.clone();
         forward::strip_hop_by_hop(&mut headers);
         headers.remove(EXPECT); // 100-continue was handled on the client hop
-        let host = if o.preserve_host && !ctx.host.is_empty() {
-            HeaderValue::from_str(&ctx.host).ok()
+        let host = if o.preserve_host && !ctx.host().is_empty() {
+            HeaderValue::from_str(ctx.host()).ok()
         } else {
             None
         };
@@ -651,9 +669,7 @@ impl Proxy {
             &mut headers,
             ctx.client.addr.ip(),
             ctx.client.scheme,
-            Some(&ctx.host)
-                .filter(|h| !h.is_empty())
-                .map(|h| h.as_str()),
+            Some(ctx.host()).filter(|h| !h.is_empty()),
         );
         if let Some(via) = forward::via_value(ctx.version, &self.cfg().via) {
             forward::append_via(&mut headers, &via);
@@ -846,7 +862,7 @@ impl Proxy {
     }
 
     pub(crate) fn origin_error(&self, ctx: &Ctx, e: OriginError, fwd: Fwd) -> Response<Body> {
-        warn!(method = %ctx.method, host = %ctx.host, uri = %ctx.uri, error = %e, "origin request failed");
+        warn!(method = %ctx.method, host = %ctx.host(), uri = %ctx.uri, error = %e, "origin request failed");
         let status = e.kind.status();
         let text = format!(
             "{} {}: {}\n",
@@ -982,7 +998,7 @@ fn access_log(ctx: &Ctx, res: &Response<Body>, started: std::time::Instant) {
         request_id = ctx.request_id,
         client = %ctx.client.addr.ip(),
         method = %ctx.method,
-        host = %ctx.host,
+        host = %ctx.host(),
         path = %ctx.uri.path(),
         status = res.status().as_u16(),
         cache,

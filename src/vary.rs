@@ -28,6 +28,15 @@ pub enum Normalizer {
 }
 
 impl Normalizer {
+    /// The normalized value of a request without the field (what [`normalize`]
+    /// gives for it).
+    pub fn for_absent(&self) -> Option<HeaderValue> {
+        match self {
+            Normalizer::Encoding => Some(HeaderValue::from_static("identity")),
+            Normalizer::Language { default, .. } => HeaderValue::from_str(default).ok(),
+        }
+    }
+
     /// Is `value` one this normalizer produces (and so maps to itself)?
     pub fn is_normal(&self, value: &[u8]) -> bool {
         match self {
@@ -74,6 +83,14 @@ impl VaryRules {
             let mut current = headers.get_all(name).iter();
             let only = match (current.next(), current.next()) {
                 (Some(only), None) => Some(only),
+                // No such field (most requests from tools and bots): what the
+                // normalizer gives for none, without a pass over nothing.
+                (None, _) => {
+                    if let Some(v) = normalizer.for_absent() {
+                        headers.insert(name.clone(), v);
+                    }
+                    continue;
+                }
                 _ => None,
             };
             // A value the normalizer produces maps to itself: nothing to parse.
@@ -353,6 +370,33 @@ mod tests {
                 let again = normalize(&n, &one(&out), &ACCEPT);
                 assert_eq!(again, out, "a normal value maps to itself");
             }
+        }
+    }
+
+    #[test]
+    fn an_absent_field_normalizes_as_normalize_reads_it() {
+        let none = HeaderMap::new();
+        let language = Normalizer::Language {
+            languages: vec!["en-us".into(), "fr".into()],
+            default: "de".into(),
+        };
+        for n in [Normalizer::Encoding, language] {
+            let name = match n {
+                Normalizer::Encoding => ACCEPT_ENCODING,
+                Normalizer::Language { .. } => ACCEPT_LANGUAGE,
+            };
+            let expected = normalize(&n, &none, &name);
+            assert_eq!(
+                n.for_absent().as_ref().map(|v| v.as_bytes()),
+                Some(expected.as_bytes())
+            );
+            let rules = VaryRules {
+                normalizers: vec![(name.clone(), n)],
+                allow_private: Vec::new(),
+            };
+            let mut m = HeaderMap::new();
+            rules.normalize_request(&mut m);
+            assert_eq!(m[&name].as_bytes(), expected.as_bytes());
         }
     }
 
