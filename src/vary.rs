@@ -11,8 +11,8 @@
 use std::borrow::Cow;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_CHARSET, ACCEPT_ENCODING, ACCEPT_LANGUAGE,
-    AUTHORIZATION, COOKIE, USER_AGENT,
+    Entry, HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_CHARSET, ACCEPT_ENCODING,
+    ACCEPT_LANGUAGE, AUTHORIZATION, COOKIE, USER_AGENT,
 };
 
 /// How one request field is reduced to a small set of values.
@@ -80,23 +80,26 @@ impl VaryRules {
     /// Rewrites the normalized fields of a request in place.
     pub fn normalize_request(&self, headers: &mut HeaderMap) {
         for (name, normalizer) in &self.normalizers {
-            let mut current = headers.get_all(name).iter();
-            let only = match (current.next(), current.next()) {
-                (Some(only), None) => Some(only),
+            // One lookup of the name, whether the field is there or not.
+            let only = match headers.entry(name) {
                 // No such field (most requests from tools and bots): what the
                 // normalizer gives for none, without a pass over nothing.
-                (None, _) => {
+                Entry::Vacant(slot) => {
                     if let Some(v) = normalizer.for_absent() {
-                        headers.insert(name.clone(), v);
+                        slot.insert(v);
                     }
                     continue;
                 }
-                _ => None,
+                Entry::Occupied(lines) => {
+                    let mut lines = lines.iter();
+                    match (lines.next(), lines.next()) {
+                        // A value the normalizer produces maps to itself: nothing to parse.
+                        (Some(only), None) if normalizer.is_normal(only.as_bytes()) => continue,
+                        (Some(only), None) => Some(only.clone()),
+                        _ => None,
+                    }
+                }
             };
-            // A value the normalizer produces maps to itself: nothing to parse.
-            if only.is_some_and(|v| normalizer.is_normal(v.as_bytes())) {
-                continue;
-            }
             let value = normalize(normalizer, headers, name);
             if only.is_some_and(|v| v.as_bytes() == value.as_bytes()) {
                 continue; // already normal: nothing to rewrite
