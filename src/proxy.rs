@@ -90,8 +90,12 @@ pub(crate) struct Ctx {
 pub type Reloader = Box<dyn Fn() -> Result<Settings, crate::config::ConfigError> + Send + Sync>;
 
 /// A response now (`Left`), or a future one (`Right`, boxed: only requests that need
-/// I/O pay for a future).
-pub type Answer = Either<Ready<Response<Body>>, BoxFuture<'static, Response<Body>>>;
+/// I/O pay for a future). Already what hyper's service returns (it cannot fail), so
+/// that a hit's response is not moved through another future on its way out.
+pub type Answer = Either<Ready<Served>, BoxFuture<'static, Served>>;
+
+/// A response, as hyper's service returns it.
+pub type Served = Result<Response<Body>, std::convert::Infallible>;
 
 /// The host a request asked for: its target's authority, else its (first) `Host`
 /// field when that is visible ASCII, else empty.
@@ -106,11 +110,11 @@ fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
 }
 
 fn answered(res: Response<Body>) -> Answer {
-    Either::Left(ready(res))
+    Either::Left(ready(Ok(res)))
 }
 
 fn pending(fut: impl std::future::Future<Output = Response<Body>> + Send + 'static) -> Answer {
-    Either::Right(Box::pin(fut))
+    Either::Right(Box::pin(async move { Ok(fut.await) }))
 }
 
 /// What a reload did.
@@ -428,15 +432,20 @@ impl Proxy {
         let this = self.clone();
         if !cacheable {
             return pending(async move {
-                let res = this.pass(&ctx, body).await;
-                this.done(&ctx, res, started, &this.cfg())
+                let mut res = this.pass(&ctx, body).await;
+                this.done(&ctx, &mut res, started, &this.cfg());
+                res
             });
         }
         match self.cached(&ctx, s) {
-            Ok(res) => answered(self.done(&ctx, res, started, s)),
+            Ok(mut res) => {
+                self.done(&ctx, &mut res, started, s);
+                answered(res)
+            }
             Err((stale, fwd)) => pending(async move {
-                let res = this.fetch(&ctx, stale, fwd).await;
-                this.done(&ctx, res, started, &this.cfg())
+                let mut res = this.fetch(&ctx, stale, fwd).await;
+                this.done(&ctx, &mut res, started, &this.cfg());
+                res
             }),
         }
     }
@@ -445,17 +454,16 @@ impl Proxy {
     fn done(
         &self,
         ctx: &Ctx,
-        mut res: Response<Body>,
+        res: &mut Response<Body>,
         started: Option<std::time::Instant>,
         cfg: &Settings,
-    ) -> Response<Body> {
+    ) {
         if cfg.debug_headers {
-            debug_headers(&mut res, &ctx.key);
+            debug_headers(res, &ctx.key);
         }
         if let Some(started) = started {
-            access_log(ctx, &res, started);
+            access_log(ctx, res, started);
         }
-        res
     }
 
     /// GET and HEAD: the answer from the store when there is one (or a 504 for

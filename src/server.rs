@@ -198,8 +198,7 @@ async fn serve<IO>(
     let service = service_fn(move |req| {
         first.first_request();
         // Hits are answered inside `respond`, before this returns (see there).
-        let answer = proxy.respond(req, client);
-        async move { Ok::<_, Infallible>(answer.await) }
+        proxy.respond(req, client)
     });
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
