@@ -178,16 +178,18 @@ pub fn normalize_host<'a>(host: &'a str, scheme: &str) -> std::borrow::Cow<'a, s
     let host = host.trim_ascii();
     // Fast path (the common case): already lowercase, no trailing dot, no default
     // port. No allocation and no substring search.
-    let default_suffix = if scheme == "https" { ":443" } else { ":80" };
     let b = host.as_bytes();
-    // Without early exits, so that the compiler checks many bytes at once.
-    let upper = b.iter().fold(false, |any, c| any | c.is_ascii_uppercase());
     let dot_before_port = match b.iter().rposition(|&c| c == b':') {
         Some(i) => i > 0 && b[i - 1] == b'.',
         None => false,
     };
-    let clean = !upper && !dot_before_port;
-    if clean && !host.ends_with('.') && !host.ends_with(default_suffix) && !host.ends_with(':') {
+    let default_port = match b {
+        [.., b':', b'8', b'0'] => scheme != "https",
+        [.., b':', b'4', b'4', b'3'] => scheme == "https",
+        _ => false,
+    };
+    let odd_end = matches!(b.last(), Some(b'.' | b':'));
+    if !dot_before_port && !default_port && !odd_end && !has_ascii_uppercase(b) {
         return std::borrow::Cow::Borrowed(host);
     }
     let (name, port) = match host.rfind(':') {
@@ -204,6 +206,33 @@ pub fn normalize_host<'a>(host: &'a str, scheme: &str) -> std::borrow::Cow<'a, s
         Some(p) if !p.is_empty() && p != default_port => format!("{name}:{p}"),
         _ => name,
     })
+}
+
+/// Whether any byte is an ASCII capital letter: eight bytes at a time (a host is
+/// read on every request).
+fn has_ascii_uppercase(b: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    // Per byte of a word: the high bit set where the byte is in `A..=Z`. Bytes are
+    // cut to 7 bits first so that no sum carries into the next byte; bytes with the
+    // high bit set (not ASCII) are then left out.
+    let capitals = |word: u64| {
+        let low = word & (0x7f * ONES);
+        let from_a = low + (0x80 - u64::from(b'A')) * ONES;
+        let past_z = low + (0x80 - u64::from(b'Z') - 1) * ONES;
+        from_a & !past_z & !word & (0x80 * ONES)
+    };
+    let mut chunks = b.chunks_exact(8);
+    let mut found = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        found |= capitals(u64::from_ne_bytes(word));
+    }
+    let rest = chunks.remainder();
+    let mut word = [0u8; 8];
+    word[..rest.len()].copy_from_slice(rest);
+    found |= capitals(u64::from_ne_bytes(word));
+    found != 0
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -509,6 +538,25 @@ mod tests {
     }
 
     #[test]
+    fn capitals_are_found_at_any_position_and_only_capitals() {
+        for len in 0..20 {
+            for at in 0..len {
+                for (byte, capital) in [(b'A', true), (b'Z', true), (b'M', true)]
+                    .into_iter()
+                    .chain(
+                        [b'@', b'[', b'a', b'z', b'0', b':', 0xC1, 0xDA, 0xFF].map(|b| (b, false)),
+                    )
+                {
+                    let mut host = vec![b'x'; len];
+                    host[at] = byte;
+                    assert_eq!(has_ascii_uppercase(&host), capital, "{host:?}");
+                }
+            }
+        }
+        assert!(!has_ascii_uppercase(b""));
+    }
+
+    #[test]
     fn host_normalization() {
         assert_eq!(normalize_host("Example.COM.", "http"), "example.com");
         assert_eq!(normalize_host("example.com:80", "http"), "example.com");
@@ -526,6 +574,14 @@ mod tests {
             "example.com:8080"
         );
         assert_eq!(normalize_host("example.com.:80", "http"), "example.com");
+        assert_eq!(normalize_host("example.com:", "http"), "example.com");
+        assert_eq!(normalize_host("Ex.com:443", "https"), "ex.com");
+        assert_eq!(normalize_host("ex.com:443", "http"), "ex.com:443");
+        assert_eq!(normalize_host("ex.com:80", "https"), "ex.com:80");
+        assert_eq!(
+            normalize_host("EXAMPLE.COM:8080", "http"),
+            "example.com:8080"
+        );
         assert!(matches!(
             normalize_host("cdn.example.com:8443", "https"),
             std::borrow::Cow::Borrowed("cdn.example.com:8443")
