@@ -558,30 +558,28 @@ mod tests {
 
     #[test]
     fn host_normalization() {
-        assert_eq!(normalize_host("Example.COM.", "http"), "example.com");
-        assert_eq!(normalize_host("example.com:80", "http"), "example.com");
-        assert_eq!(normalize_host("example.com:443", "https"), "example.com");
-        assert_eq!(
-            normalize_host("example.com:8080", "http"),
-            "example.com:8080"
-        );
-        assert_eq!(normalize_host("[::1]", "http"), "[::1]");
-        assert_eq!(normalize_host("[::1]:80", "http"), "[::1]");
-        assert_eq!(normalize_host("", "http"), "");
-        // A trailing dot before a port, and hosts already normal (the fast path).
-        assert_eq!(
-            normalize_host("example.com.:8080", "http"),
-            "example.com:8080"
-        );
-        assert_eq!(normalize_host("example.com.:80", "http"), "example.com");
-        assert_eq!(normalize_host("example.com:", "http"), "example.com");
-        assert_eq!(normalize_host("Ex.com:443", "https"), "ex.com");
-        assert_eq!(normalize_host("ex.com:443", "http"), "ex.com:443");
-        assert_eq!(normalize_host("ex.com:80", "https"), "ex.com:80");
-        assert_eq!(
-            normalize_host("EXAMPLE.COM:8080", "http"),
-            "example.com:8080"
-        );
+        let cases = [
+            ("Example.COM.", "http", "example.com"),
+            ("example.com:80", "http", "example.com"),
+            ("example.com:443", "https", "example.com"),
+            ("example.com:8080", "http", "example.com:8080"),
+            ("[::1]", "http", "[::1]"),
+            ("[::1]:80", "http", "[::1]"),
+            ("", "http", ""),
+            // A trailing dot before a port, an empty port, a default port only for
+            // its own scheme.
+            ("example.com.:8080", "http", "example.com:8080"),
+            ("example.com.:80", "http", "example.com"),
+            ("example.com:", "http", "example.com"),
+            ("Ex.com:443", "https", "ex.com"),
+            ("ex.com:443", "http", "ex.com:443"),
+            ("ex.com:80", "https", "ex.com:80"),
+            ("EXAMPLE.COM:8080", "http", "example.com:8080"),
+        ];
+        for (host, scheme, normal) in cases {
+            assert_eq!(normalize_host(host, scheme), normal, "{host} ({scheme})");
+        }
+        // Hosts already normal take the fast path (no copy).
         assert!(matches!(
             normalize_host("cdn.example.com:8443", "https"),
             std::borrow::Cow::Borrowed("cdn.example.com:8443")
