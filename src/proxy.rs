@@ -99,13 +99,10 @@ pub type Served = Result<Response<Body>, std::convert::Infallible>;
 
 /// The host a request asked for: its target's authority, else its (first) `Host`
 /// field when that is visible ASCII, else empty.
-fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
+fn request_host<'a>(uri: &'a Uri, host_field: Option<&'a HeaderValue>) -> &'a str {
     match uri.authority() {
         Some(a) => a.as_str(),
-        None => headers
-            .get(HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default(),
+        None => host_field.and_then(|v| v.to_str().ok()).unwrap_or_default(),
     }
 }
 
@@ -165,7 +162,7 @@ impl Ctx {
     /// else the `Host` field (empty when neither is there, or when the field is not
     /// visible ASCII or was stripped). Read from the request, not copied per request.
     pub(crate) fn host(&self) -> &str {
-        request_host(&self.uri, &self.headers)
+        request_host(&self.uri, self.headers.get(HOST))
     }
 
     /// The normalized host (what keys use).
@@ -382,15 +379,10 @@ impl Proxy {
                 parts.headers.remove(name);
             }
         }
-        // What `Ctx::host` reads from the request, unless stripping removed the field.
-        let host = match parts.uri.authority() {
-            Some(a) => a.as_str(),
-            None if !strip || parts.headers.contains_key(HOST) => host_field
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default(),
-            None => "",
-        };
+        // What `Ctx::host` reads, from the field seen in the first pass (a handle,
+        // so that normalizing the request's fields below can still borrow them).
+        let host_field = host_field.filter(|_| !strip || parts.headers.contains_key(HOST));
+        let host = request_host(&parts.uri, host_field.as_ref());
         let host_norm = key::normalize_host(host, client.scheme);
         // Usually already normal: no copy.
         let host_normalized = (*host_norm != *host).then(|| host_norm.to_string());
