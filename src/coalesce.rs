@@ -10,13 +10,15 @@
 //! Invariant: a flight always ends with a published [`Shared`] value, even if its
 //! task panics or is dropped (the guard publishes `Failed`), so no waiter hangs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body::Frame;
-use tokio::sync::watch;
+use http_body::{Frame, SizeHint};
+use tokio::sync::{watch, Notify};
 
 use crate::body::{Body, BoxError};
 use crate::freshness::NotStored;
@@ -60,6 +62,9 @@ pub struct Flights {
 pub struct Activity {
     pub flights: usize,
     pub waiters: usize,
+    /// Fetches waiting for a slow reader of a body too large to store (its
+    /// origin held back: see [`SharedBody`]).
+    pub paused: usize,
 }
 
 impl Default for Flights {
@@ -136,6 +141,12 @@ impl Flights {
         self.activity.send_modify(|a| a.flights -= n);
     }
 
+    /// Counts a fetch as paused while the returned guard lives.
+    pub fn paused(self: &Arc<Self>) -> Paused {
+        self.activity.send_modify(|a| a.paused += 1);
+        Paused(self.clone())
+    }
+
     /// Watches flights and waiters come and go.
     pub fn activity(&self) -> watch::Receiver<Activity> {
         self.activity.subscribe()
@@ -151,6 +162,15 @@ impl Flights {
             map.remove(&digest);
             self.activity.send_modify(|a| a.flights -= 1);
         }
+    }
+}
+
+/// A fetch waiting for its readers ([`Flights::paused`]).
+pub struct Paused(Arc<Flights>);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        self.0.activity.send_modify(|a| a.paused -= 1);
     }
 }
 
@@ -205,96 +225,254 @@ enum End {
     Failed,
 }
 
+/// One reader's place: the index of the next chunk it reads, and its waker while
+/// it waits for one.
+struct Place {
+    next: usize,
+    waker: Option<Waker>,
+}
+
 struct BodyState {
-    chunks: Vec<Bytes>,
+    chunks: VecDeque<Bytes>,
+    /// The index in the whole body of `chunks[0]` (chunks before it were dropped).
+    first: usize,
+    /// Bytes in `chunks`.
+    held: usize,
     end: End,
+    /// The body will not be stored: chunks every reader has passed are dropped,
+    /// and no new reader can start from the first byte.
+    streaming: bool,
+    readers: HashMap<u64, Place>,
+    next_id: u64,
+}
+
+impl BodyState {
+    /// Drops the chunks every reader has read (streaming only).
+    fn trim(&mut self) {
+        if !self.streaming {
+            return;
+        }
+        let slowest = self
+            .readers
+            .values()
+            .map(|p| p.next)
+            .min()
+            .unwrap_or(self.first + self.chunks.len());
+        while self.first < slowest {
+            match self.chunks.pop_front() {
+                Some(c) => self.held -= c.len(),
+                None => break,
+            }
+            self.first += 1;
+        }
+    }
+
+    fn wake_readers(&mut self) {
+        for place in self.readers.values_mut() {
+            if let Some(w) = place.waker.take() {
+                w.wake();
+            }
+        }
+    }
 }
 
 /// A body written once (by the fetch) and read by any number of clients, each from
-/// the start, each at its own pace.
+/// the start, each at its own pace. While it may still be stored, every chunk is
+/// kept (at most `max_object_size` of them: past it the fetch calls
+/// [`SharedBody::stream`]). From then on the body is only a stream: what every
+/// reader has read is dropped, new readers are refused, and the fetch waits for the
+/// slowest reader whenever more than [`STREAM_WINDOW`] bytes are held, so memory
+/// per flight stays bounded and a reader that does not read holds back the origin.
 #[derive(Clone)]
 pub struct SharedBody {
     state: Arc<Mutex<BodyState>>,
-    version: watch::Sender<u64>,
+    /// Readers that moved on (or left): the fetch may read more.
+    room: Arc<Notify>,
     len: Option<u64>,
 }
 
+/// Most bytes a streaming shared body holds for its slowest reader.
+pub const STREAM_WINDOW: usize = 1 << 20;
+
 impl SharedBody {
     pub fn new(len: Option<u64>) -> SharedBody {
-        let (version, _) = watch::channel(0);
         SharedBody {
             state: Arc::new(Mutex::new(BodyState {
-                chunks: Vec::new(),
+                chunks: VecDeque::new(),
+                first: 0,
+                held: 0,
                 end: End::Open,
+                streaming: false,
+                readers: HashMap::new(),
+                next_id: 0,
             })),
-            version,
+            room: Arc::new(Notify::new()),
             len,
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, BodyState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn push(&self, chunk: Bytes) {
-        if let Ok(mut s) = self.state.lock() {
-            s.chunks.push(chunk);
+        let mut s = self.lock();
+        if s.streaming && s.readers.is_empty() {
+            return; // nobody will read it, and it will not be stored
         }
-        self.version.send_modify(|v| *v += 1);
+        s.held += chunk.len();
+        s.chunks.push_back(chunk);
+        s.wake_readers();
     }
 
     pub fn finish(&self, ok: bool) {
-        if let Ok(mut s) = self.state.lock() {
-            s.end = if ok { End::Complete } else { End::Failed };
-        }
-        self.version.send_modify(|v| *v += 1);
+        let mut s = self.lock();
+        s.end = if ok { End::Complete } else { End::Failed };
+        s.wake_readers();
     }
 
-    /// A reader from the first byte.
-    pub fn reader(&self) -> Body {
-        let rx = self.version.subscribe();
-        let state = self.state.clone();
-        let stream = futures_util::stream::unfold(
-            (state, 0usize, rx, false),
-            |(state, i, mut rx, done)| async move {
-                if done {
-                    return None;
+    /// The body will not be stored: from now on it is a stream (see the type).
+    pub fn stream(&self) {
+        let mut s = self.lock();
+        s.streaming = true;
+        s.trim();
+    }
+
+    /// Bytes held for readers now.
+    pub fn held(&self) -> usize {
+        self.lock().held
+    }
+
+    /// Does the fetch have to wait for a reader before it reads on?
+    pub fn full(&self) -> bool {
+        let s = self.lock();
+        s.streaming && s.held > STREAM_WINDOW && !s.readers.is_empty()
+    }
+
+    /// Waits until the body has room (see [`SharedBody::full`]). `false` when no
+    /// reader is left on a streaming body: nobody needs the rest of it.
+    pub async fn room(&self) -> bool {
+        loop {
+            {
+                let s = self.lock();
+                if s.streaming && s.readers.is_empty() {
+                    return false;
                 }
-                loop {
-                    let next = {
-                        let s = state.lock().unwrap_or_else(|e| e.into_inner());
-                        if i < s.chunks.len() {
-                            Some(Ok(s.chunks[i].clone()))
-                        } else {
-                            match s.end {
-                                End::Complete => return None,
-                                End::Failed => Some(Err(())),
-                                End::Open => None,
-                            }
-                        }
-                    };
-                    match next {
-                        Some(Ok(chunk)) => {
-                            return Some((
-                                Ok::<_, BoxError>(Frame::data(chunk)),
-                                (state, i + 1, rx, false),
-                            ))
-                        }
-                        Some(Err(())) => {
-                            let e: BoxError = "origin body failed".into();
-                            return Some((Err(e), (state, i, rx, true)));
-                        }
-                        None => {
-                            if rx.changed().await.is_err() {
-                                let e: BoxError = "origin body abandoned".into();
-                                return Some((Err(e), (state, i, rx, true)));
-                            }
-                        }
-                    }
+                if !(s.streaming && s.held > STREAM_WINDOW) {
+                    return true;
                 }
+            }
+            // A reader that moves on leaves a permit: no wake-up is lost between
+            // the check above and this wait.
+            self.room.notified().await;
+        }
+    }
+
+    /// Readers reading now.
+    pub fn readers(&self) -> usize {
+        self.lock().readers.len()
+    }
+
+    /// A reader from the first byte; `None` once the body is only a stream.
+    pub fn reader(&self) -> Option<Body> {
+        let mut s = self.lock();
+        if s.streaming {
+            return None;
+        }
+        let id = s.next_id;
+        s.next_id += 1;
+        s.readers.insert(
+            id,
+            Place {
+                next: 0,
+                waker: None,
             },
         );
-        let body = http_body_util::StreamBody::new(stream);
-        match self.len {
-            Some(n) => crate::body::boxed(crate::body::WithLength::new(body, n)),
-            None => crate::body::boxed(body),
+        drop(s);
+        let reader = SharedReader {
+            body: self.clone(),
+            id,
+            done: false,
+        };
+        Some(crate::body::boxed(reader))
+    }
+}
+
+/// One client's read of a [`SharedBody`]; leaving (dropped) lets the fetch go on.
+struct SharedReader {
+    body: SharedBody,
+    id: u64,
+    done: bool,
+}
+
+impl http_body::Body for SharedReader {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
         }
+        let id = self.id;
+        let shared = self.body.clone();
+        let mut guard = shared.lock();
+        let s = &mut *guard;
+        let Some(next) = s.readers.get(&id).map(|p| p.next) else {
+            return Poll::Ready(None);
+        };
+        if let Some(chunk) = next.checked_sub(s.first).and_then(|i| s.chunks.get(i)) {
+            let chunk = chunk.clone();
+            if let Some(p) = s.readers.get_mut(&id) {
+                p.next += 1;
+            }
+            if s.streaming {
+                s.trim();
+                shared.room.notify_one();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match s.end {
+            End::Complete => {
+                drop(guard);
+                self.done = true;
+                Poll::Ready(None)
+            }
+            End::Failed => {
+                drop(guard);
+                self.done = true;
+                Poll::Ready(Some(Err("origin body failed".into())))
+            }
+            End::Open => {
+                if let Some(p) = s.readers.get_mut(&id) {
+                    p.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.body.len {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for SharedReader {
+    fn drop(&mut self) {
+        let mut s = self.body.lock();
+        s.readers.remove(&self.id);
+        s.trim();
+        drop(s);
+        self.body.room.notify_one();
     }
 }
 
@@ -306,22 +484,56 @@ mod tests {
     #[tokio::test]
     async fn readers_see_chunks_as_they_arrive_and_late_readers_from_the_start() {
         let body = SharedBody::new(None);
-        let early = body.reader();
+        let early = body.reader().unwrap();
         body.push(Bytes::from_static(b"ab"));
         let mut early = early;
         let first = early.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "ab");
         body.push(Bytes::from_static(b"cd"));
-        let late = body.reader();
+        let late = body.reader().unwrap();
         body.finish(true);
         assert_eq!(early.collect().await.unwrap().to_bytes(), "cd");
         assert_eq!(late.collect().await.unwrap().to_bytes(), "abcd");
     }
 
     #[tokio::test]
+    async fn a_streaming_body_holds_only_what_its_slowest_reader_has_not_read() {
+        let body = SharedBody::new(None);
+        let mut fast = body.reader().unwrap();
+        let mut slow = body.reader().unwrap();
+        let chunk = Bytes::from(vec![7u8; STREAM_WINDOW / 4]);
+        for _ in 0..4 {
+            body.push(chunk.clone());
+        }
+        body.stream();
+        assert!(
+            body.reader().is_none(),
+            "a stream has no first byte to start from"
+        );
+        // Everything is held for both readers: at the window, no room yet wanted.
+        assert_eq!(body.held(), STREAM_WINDOW);
+        body.push(chunk.clone());
+        assert!(body.full(), "past the window the fetch waits");
+        for _ in 0..5 {
+            fast.frame().await.unwrap().unwrap();
+        }
+        assert_eq!(body.held(), 5 * chunk.len(), "the slow reader read nothing");
+        slow.frame().await.unwrap().unwrap();
+        slow.frame().await.unwrap().unwrap();
+        assert_eq!(body.held(), 3 * chunk.len());
+        assert!(body.room().await, "room again, and readers left");
+        drop(slow);
+        assert_eq!(body.held(), 0, "the fast reader has read everything held");
+        drop(fast);
+        assert!(!body.room().await, "no reader left: nobody needs the rest");
+        body.push(chunk);
+        assert_eq!(body.held(), 0, "nothing is kept for nobody");
+    }
+
+    #[tokio::test]
     async fn a_failed_body_is_an_error_for_readers() {
         let body = SharedBody::new(None);
-        let r = body.reader();
+        let r = body.reader().unwrap();
         body.push(Bytes::from_static(b"ab"));
         body.finish(false);
         assert!(r.collect().await.is_err());
@@ -341,7 +553,8 @@ mod tests {
             *flights.activity().borrow(),
             Activity {
                 flights: 1,
-                waiters: 1
+                waiters: 1,
+                paused: 0
             }
         );
         drop(guard);

@@ -345,6 +345,13 @@ pub const DEFAULT_STRIPPED_HEADERS: &[&str] = &[
     "X-HTTP-Method",
     "X-Method-Override",
     "Forwarded",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Uri",
+    "X-Forwarded-Path",
+    "X-Forwarded-Ssl",
+    "Front-End-Https",
+    "X-Original-Host",
+    "X-Url-Scheme",
 ];
 
 impl Default for ServerSection {
@@ -394,6 +401,10 @@ pub struct CacheSection {
     /// Obey `Surrogate-Control` (max-age, stale-while-revalidate, stale-if-error) above
     /// every other field for Lacquer's own freshness; it is always removed downstream.
     pub surrogate_control: bool,
+    /// Heuristic freshness (from Last-Modified) for responses to requests that carry
+    /// `Cookie` or `Authorization` (off: without explicit freshness, such a response
+    /// is not stored; it is likely personal).
+    pub heuristic_with_credentials: bool,
     /// Serve stale this long past expiry while one background revalidation runs, when
     /// the response has no `stale-while-revalidate` of its own (RFC 5861).
     #[serde(with = "humantime_serde")]
@@ -433,6 +444,7 @@ impl Default for CacheSection {
             forward_targeted_fields: true,
             max_variants: 32,
             surrogate_control: true,
+            heuristic_with_credentials: false,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             unhealthy_grace: Duration::ZERO,
@@ -616,7 +628,7 @@ pub struct Settings {
     pub coalesce_wait: Duration,
     pub uncacheable_ttl: Duration,
     pub early_refresh: Duration,
-    pub strip_request_headers: Vec<HeaderName>,
+    pub strip_request_headers: crate::forward::HeaderSet,
     pub debug_headers: bool,
     pub drain_timeout: Duration,
     pub access_log: bool,
@@ -1165,6 +1177,7 @@ impl Settings {
                 honor_client_no_cache: c.honor_client_no_cache,
                 targeted_fields,
                 surrogate_control: c.surrogate_control,
+                heuristic_with_credentials: c.heuristic_with_credentials,
             },
             max_size: c.max_size.as_u64(),
             max_object_size: c.max_object_size.as_u64(),
@@ -1179,10 +1192,10 @@ impl Settings {
             coalesce_wait: c.coalesce_wait,
             uncacheable_ttl: c.uncacheable_ttl,
             early_refresh: c.early_refresh,
-            strip_request_headers: header_names(
+            strip_request_headers: crate::forward::HeaderSet::new(header_names(
                 &s.strip_request_headers,
                 "server.strip_request_headers",
-            )?,
+            )?),
             debug_headers: s.debug_headers,
             drain_timeout: s.drain_timeout,
             access_log: file.log.access,

@@ -80,6 +80,7 @@ fn uncacheable_for_everyone(reason: NotStored) -> bool {
             | NotStored::RequestNoStore
             | NotStored::Range
             | NotStored::Incomplete
+            | NotStored::Credentials
     )
 }
 
@@ -452,14 +453,34 @@ impl Proxy {
             }
             Exchange::NotModified { updated, verdict } => {
                 let updated = StoredResponse::pack(updated);
-                if verdict.is_ok() {
-                    self.store.insert(&ctx.key, updated.clone());
-                } else {
-                    self.store.invalidate(&ctx.key);
+                match verdict {
+                    Ok(()) => {
+                        self.store.insert(&ctx.key, updated.clone());
+                        let shared = Shared::Refreshed(Arc::new(updated));
+                        publish(shared.clone());
+                        Own::Shared(shared)
+                    }
+                    // The 304 made the response unshareable (it set a cookie, turned
+                    // private): the stored entry goes, the merged response is this
+                    // request's alone, and the waiters go to the origin on their own
+                    // behalf, as after any unshareable answer.
+                    Err(reason) => {
+                        self.store.invalidate(&ctx.key);
+                        if uncacheable_for_everyone(reason) && !self.cfg().uncacheable_ttl.is_zero()
+                        {
+                            self.uncacheable.insert(ctx.key.digest, ());
+                        }
+                        publish(Shared::Uncacheable(reason));
+                        let outcome = Outcome::Forward {
+                            fwd: job.fwd,
+                            fwd_status: 304,
+                            stored: false,
+                            not_stored: Some(reason),
+                            collapsed: false,
+                        };
+                        Own::Response(self.serve_stored(ctx, &updated, outcome, SystemTime::now()))
+                    }
                 }
-                let shared = Shared::Refreshed(Arc::new(updated));
-                publish(shared.clone());
-                Own::Shared(shared)
             }
             Exchange::NotStorable {
                 response,
@@ -493,13 +514,15 @@ impl Proxy {
                 match guard.take() {
                     Some(mut g) => {
                         let shared_body = SharedBody::new(len);
-                        let shared = Shared::Stored {
-                            entry: Arc::new(head),
+                        // The requester's reader is there before the first byte is.
+                        let own = shared_body.reader().unwrap_or_else(body::empty);
+                        let head = Arc::new(head);
+                        g.publish(Shared::Stored {
+                            entry: head.clone(),
                             body: shared_body.clone(),
-                        };
-                        g.publish(shared.clone());
+                        });
                         self.pump(ctx, entry, body, len, shared_body, g);
-                        Own::Shared(shared)
+                        Own::Response(self.respond_stored_head(job, &head, own, false))
                     }
                     None => {
                         let store = self.store.clone();
@@ -532,6 +555,10 @@ impl Proxy {
     /// Reads a shared origin body into the [`SharedBody`] (every waiter streams from
     /// it) and stores the entry once complete. The flight ends (the guard drops)
     /// after the store has it, so requests arriving meanwhile join this flight.
+    /// A body that grows past `max_object_size` will not be stored: the flight ends
+    /// there (later requests fetch it directly), the shared body becomes a stream,
+    /// and the origin is read only as fast as the slowest reader reads, or no
+    /// further once nobody reads.
     fn pump(
         &self,
         ctx: &Ctx,
@@ -545,16 +572,33 @@ impl Proxy {
         let uncacheable = self.uncacheable.clone();
         let key = ctx.key.clone();
         let limit = self.cfg().max_object_size as usize;
+        let flights = self.flights.clone();
         tokio::spawn(async move {
-            let _guard = guard;
+            let mut guard = Some(guard);
             let mut collected = crate::body::Collector::new(len, limit);
+            let mut read = 0u64;
             loop {
                 match body.frame().await {
                     None => break,
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
+                            read += data.len() as u64;
                             collected.push(&data);
+                            if collected.too_large() && guard.is_some() {
+                                // Next time, skip the queue: this object does not fit.
+                                uncacheable.insert(key.digest, ());
+                                guard = None;
+                                shared.stream();
+                            }
                             shared.push(data);
+                            if shared.full() {
+                                let _paused = flights.paused();
+                                if !shared.room().await {
+                                    debug!(key = %key.full, "no reader left for a body too large to store");
+                                    shared.finish(false);
+                                    return;
+                                }
+                            }
                         }
                     }
                     Some(Err(e)) => {
@@ -564,11 +608,8 @@ impl Proxy {
                     }
                 }
             }
-            let complete = len.is_none_or(|n| n == collected.len() as u64);
-            if collected.too_large() {
-                // Next time, skip the queue: this object does not fit the store.
-                uncacheable.insert(key.digest, ());
-            } else if complete {
+            let complete = len.is_none_or(|n| n == read);
+            if complete && !collected.too_large() {
                 entry.body = collected.take();
                 store.insert(&key, entry);
             }
@@ -589,7 +630,11 @@ impl Proxy {
                 if !entry.variant.matches(&ctx.headers) {
                     return self.reevaluate(job).await;
                 }
-                self.respond_stored_head(job, &entry, body.reader(), collapsed)
+                match body.reader() {
+                    Some(reader) => self.respond_stored_head(job, &entry, reader, collapsed),
+                    // Too large to store, and already past its first bytes.
+                    None => Box::pin(self.direct(job)).await,
+                }
             }
             Shared::Refreshed(entry) => {
                 if !entry.variant.matches(&ctx.headers) {

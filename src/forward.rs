@@ -4,7 +4,8 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    VIA,
 };
 use http::Version;
 
@@ -14,19 +15,29 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes the hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it
-/// names, plus `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
-/// `Transfer-Encoding` and `Upgrade`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes `Connection` and every field it names (RFC 9110 §7.6.1), except `Host`:
+/// a request's target is end to end, and the key was built from it. A request's
+/// options go before anything reads the request (its key, its Vary variant), so
+/// that the key, the variant and the origin's request see the same fields.
+pub fn strip_connection_options(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .filter(|name| name != HOST)
         .collect();
     for name in named {
         headers.remove(name);
     }
+    headers.remove(CONNECTION);
+}
+
+/// Removes the hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it
+/// names ([`strip_connection_options`]), plus `Keep-Alive`, `Proxy-Connection`,
+/// `TE`, `Trailer`, `Transfer-Encoding` and `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_connection_options(headers);
     for name in [
         &CONNECTION,
         &KEEP_ALIVE,
@@ -37,6 +48,57 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &UPGRADE,
     ] {
         headers.remove(name);
+    }
+}
+
+/// The request fields stripped on arrival (`server.strip_request_headers`): the
+/// listed names, and any spelling of them or of the `X-Forwarded-*` fields Lacquer
+/// sets with underscores for dashes (`X_Forwarded_Host`), which CGI and WSGI origins
+/// read as the dashed name. `contains` is on every request's every field: a mask of
+/// the names' lengths answers most fields without a comparison.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderSet {
+    names: Vec<HeaderName>,
+    lengths: u64,
+}
+
+/// Fields Lacquer sets itself: their underscore spellings are stripped too.
+const OWN_FIELDS: [&HeaderName; 3] = [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST];
+
+fn length_bit(len: usize) -> u64 {
+    1u64 << len.min(63)
+}
+
+impl HeaderSet {
+    pub fn new(names: Vec<HeaderName>) -> HeaderSet {
+        let lengths = names
+            .iter()
+            .chain(OWN_FIELDS)
+            .fold(0, |m, n| m | length_bit(n.as_str().len()));
+        HeaderSet { names, lengths }
+    }
+
+    pub fn names(&self) -> &[HeaderName] {
+        &self.names
+    }
+
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        let s = name.as_str();
+        if self.lengths & length_bit(s.len()) == 0 {
+            return false;
+        }
+        if self.names.contains(name) {
+            return true;
+        }
+        // `_` for `-`: the same field to a CGI origin.
+        s.contains('_')
+            && self.names.iter().chain(OWN_FIELDS).any(|n| {
+                let n = n.as_str();
+                n.len() == s.len()
+                    && n.bytes()
+                        .zip(s.bytes())
+                        .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+            })
     }
 }
 
@@ -115,6 +177,50 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn connection_never_removes_host() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("host, accept-language"),
+        );
+        h.insert(HOST, HeaderValue::from_static("shop.example"));
+        h.insert("accept-language", HeaderValue::from_static("fr"));
+        strip_connection_options(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[HOST], "shop.example");
+    }
+
+    #[test]
+    fn header_set_matches_listed_names_and_underscore_spellings() {
+        let set = HeaderSet::new(vec![
+            HeaderName::from_static("x-original-url"),
+            HeaderName::from_static("x-forwarded-prefix"),
+        ]);
+        let cases: &[(&str, bool)] = &[
+            ("x-original-url", true),
+            ("x_original_url", true),
+            ("x-original_url", true),
+            ("x-forwarded-prefix", true),
+            ("x_forwarded_prefix", true),
+            // Lacquer's own fields: the dashed ones are set (or appended to) by
+            // Lacquer; their underscore spellings would bypass that.
+            ("x-forwarded-host", false),
+            ("x_forwarded_host", true),
+            ("x_forwarded_for", true),
+            ("x_forwarded_proto", true),
+            ("x-forwarded-for", false),
+            ("x_original_urls", false),
+            ("accept", false),
+            ("host", false),
+            ("x-original-uri", false),
+        ];
+        for (name, expected) in cases {
+            let n = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(set.contains(&n), *expected, "{name}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::{
-    HeaderMap, HeaderName, AGE, AUTHORIZATION, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE,
+    HeaderMap, HeaderName, AGE, AUTHORIZATION, COOKIE, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE,
 };
 use http::StatusCode;
 
@@ -29,6 +29,10 @@ pub struct Policy {
     pub targeted_fields: Vec<HeaderName>,
     /// Obey `Surrogate-Control` above everything (and strip it downstream).
     pub surrogate_control: bool,
+    /// Give heuristic freshness (§4.2.2) to responses to requests that carry
+    /// `Cookie` or `Authorization` (off: such a response without explicit freshness
+    /// is likely personal, and is not stored).
+    pub heuristic_with_credentials: bool,
 }
 
 impl Default for Policy {
@@ -40,6 +44,7 @@ impl Default for Policy {
             honor_client_no_cache: true,
             targeted_fields: vec![HeaderName::from_static("cdn-cache-control")],
             surrogate_control: true,
+            heuristic_with_credentials: false,
         }
     }
 }
@@ -60,6 +65,8 @@ pub enum NotStored {
     RequestNoStore,
     Range,
     Incomplete,
+    /// No explicit freshness, and the request carried `Cookie` or `Authorization`.
+    Credentials,
 }
 
 impl NotStored {
@@ -78,6 +85,7 @@ impl NotStored {
             NotStored::RequestNoStore => "request-no-store",
             NotStored::Range => "range",
             NotStored::Incomplete => "incomplete",
+            NotStored::Credentials => "credentials",
         }
     }
 }
@@ -182,6 +190,15 @@ pub fn storable(
         || res_headers.contains_key(EXPIRES);
     if !explicit && !heuristically_cacheable(status) {
         return Err(NotStored::NoFreshness);
+    }
+    // Without explicit freshness, what answers a request with credentials is kept
+    // only if the policy says so: a personal page with a Last-Modified would
+    // otherwise be shared for a tenth of its age.
+    if !explicit
+        && !policy.heuristic_with_credentials
+        && (req_headers.contains_key(COOKIE) || req_headers.contains_key(AUTHORIZATION))
+    {
+        return Err(NotStored::Credentials);
     }
     if lifetime.is_zero() && !has_validator(res_headers) {
         return Err(NotStored::NoFreshness);

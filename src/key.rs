@@ -173,6 +173,64 @@ impl KeyRules {
     }
 }
 
+/// Is `host` a request's host as RFC 9110 §7.2 allows it: empty, or a reg-name
+/// (unreserved characters and percent-escapes, RFC 3986 §3.2.2), an IPv4 address or
+/// a bracketed IPv6 literal, with an optional port of at most five digits? Anything
+/// else (`/`, `?`, `@` userinfo, spaces, sub-delimiters such as `,` that no DNS name
+/// holds) is refused: the key is `scheme://host/path`, and a host that carried a
+/// path or query would collide with another URL's key.
+pub fn valid_host(host: &str) -> bool {
+    let b = host.as_bytes();
+    let (name, port) = if let Some(rest) = b.strip_prefix(b"[") {
+        // IP-literal: an IPv6 address in brackets (IPvFuture is not accepted).
+        let Some(close) = rest.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&rest[..close]).unwrap_or_default();
+        if literal.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match &rest[close + 1..] {
+            [] => (&b[..0], None),
+            [b':', port @ ..] => (&b[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match b.iter().rposition(|&c| c == b':') {
+            Some(i) => (&b[..i], Some(&b[i + 1..])),
+            None => (b, None),
+        }
+    };
+    if port.is_some_and(|p| p.len() > 5 || !p.iter().all(u8::is_ascii_digit)) {
+        return false;
+    }
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            c if is_unreserved(c) => i += 1,
+            b'%' if name.len() > i + 2
+                && hex_val(name[i + 1]).is_some()
+                && hex_val(name[i + 2]).is_some() =>
+            {
+                i += 3
+            }
+            _ => return false,
+        }
+    }
+    // A port needs a host before it.
+    !(name.is_empty() && port.is_some() && !b.starts_with(b"["))
+}
+
+/// The request target a key was built from (its normalized path and query, what the
+/// origin is sent): the text after `scheme://host` up to the first keyed line.
+/// `None` for a key without a path (`OPTIONS *`).
+pub fn target(full: &str) -> Option<&str> {
+    let url = full.split('\n').next().unwrap_or_default();
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let path = url.get(after_scheme..)?.find('/')? + after_scheme;
+    url.get(path..)
+}
+
 /// Normalizes a host: lowercase, trailing dot removed, default port removed.
 pub fn normalize_host<'a>(host: &'a str, scheme: &str) -> std::borrow::Cow<'a, str> {
     let host = host.trim_ascii();
@@ -508,6 +566,72 @@ mod tests {
         primary_key(rule, "http", "a", pq, &HeaderMap::new())
             .full
             .to_string()
+    }
+
+    #[test]
+    fn hosts_that_are_not_a_reg_name_or_ip_are_refused() {
+        let cases: &[(&str, bool)] = &[
+            ("", true),
+            ("shop.example", true),
+            ("SHOP.example.", true),
+            ("shop.example:8080", true),
+            ("shop.example:", true),
+            ("127.0.0.1:80", true),
+            ("[::1]", true),
+            ("[::1]:8443", true),
+            ("my_host-1.example", true),
+            ("caf%C3%A9.example", true),
+            // A path or query in the host would collide with another URL's key.
+            ("shop.example/a", false),
+            ("shop.example?a=1", false),
+            ("shop.example#x", false),
+            ("user@shop.example", false),
+            ("shop.example:80:80", false),
+            ("shop.example:123456", false),
+            ("shop.example:8o", false),
+            (":80", false),
+            ("[::1", false),
+            ("[zz::1]", false),
+            ("[::1]x", false),
+            ("a b", false),
+            ("a,b", false),
+            ("a\\b", false),
+            ("%zz.example", false),
+            ("%4", false),
+            ("é.example", false),
+        ];
+        for (host, ok) in cases {
+            assert_eq!(valid_host(host), *ok, "{host:?}");
+        }
+    }
+
+    #[test]
+    fn a_keys_target_is_its_normalized_path_and_query() {
+        let rule = KeyRule {
+            query: QueryRule::Drop(vec![NamePattern::new("utm_*")]),
+            ..KeyRule::default()
+        };
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/landing?utm_source=x&short=1", Some("/landing?short=1")),
+            (
+                "/a?callback=cb&utm_content=x;callback=evil",
+                Some("/a?callback=cb"),
+            ),
+            ("/%7euser/%2f", Some("/~user/%2F")),
+            ("", Some("/")),
+            ("/p?", Some("/p")),
+        ];
+        for (pq, target_) in cases {
+            let k = primary_key(&rule, "https", "shop.example:8443", pq, &HeaderMap::new());
+            assert_eq!(target(&k.full), *target_, "{pq}");
+        }
+        let keyed = KeyRule {
+            cookies: vec!["seg".into()],
+            ..KeyRule::default()
+        };
+        let k = primary_key(&keyed, "http", "a", "/x?b=1", &HeaderMap::new());
+        assert_eq!(target(&k.full), Some("/x?b=1"));
+        assert_eq!(target("http://a*"), None);
     }
 
     #[test]

@@ -129,7 +129,9 @@ impl Outcome {
                 );
             }
         }
-        if let Some(ttl) = ttl {
+        // A ttl tells what is stored: nothing, when a forward stored nothing.
+        let stored_nothing = matches!(self, Outcome::Forward { stored: false, .. });
+        if let Some(ttl) = ttl.filter(|_| !stored_nothing) {
             let _ = write!(s, "; ttl={ttl}");
         }
         s

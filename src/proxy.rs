@@ -18,8 +18,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures_util::future::{ready, BoxFuture, Either, Ready};
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION,
-    CONTENT_RANGE, CONTENT_TYPE, DATE, EXPECT, HOST, LOCATION, TRANSFER_ENCODING,
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH,
+    CONTENT_LOCATION, CONTENT_RANGE, CONTENT_TYPE, DATE, EXPECT, HOST, LOCATION, TRANSFER_ENCODING,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -104,6 +104,50 @@ fn request_host<'a>(uri: &'a Uri, host_field: Option<&'a HeaderValue>) -> &'a st
         Some(a) => a.as_str(),
         None => host_field.and_then(|v| v.to_str().ok()).unwrap_or_default(),
     }
+}
+
+/// A request whose target Lacquer refuses to key or forward, with its answer:
+/// a host that is not a reg-name or IP with an optional port (from `Host` or the
+/// target's authority, userinfo included: RFC 9110 §4.2.4 forbids it), a scheme
+/// other than http(s), and `CONNECT` (Lacquer is no tunnel).
+fn refused_target(
+    req: &Request<Incoming>,
+    host_field: Option<&HeaderValue>,
+) -> Option<Response<Body>> {
+    if req.method() == Method::CONNECT {
+        let mut res = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 Method Not Allowed: CONNECT is not supported\n",
+        );
+        res.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, PURGE"),
+        );
+        return Some(res);
+    }
+    if let Some(scheme) = req.uri().scheme_str() {
+        if scheme != "http" && scheme != "https" {
+            return Some(plain(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: only http and https targets are served\n",
+            ));
+        }
+    }
+    let host = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        // Not visible ASCII: refused as well (it cannot be a reg-name).
+        None => match host_field.map(HeaderValue::to_str) {
+            Some(Ok(h)) => h,
+            Some(Err(_)) => "\u{0}",
+            None => "",
+        },
+    };
+    (!key::valid_host(host.trim_ascii())).then(|| {
+        plain(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: the host is not a valid host name or address\n",
+        )
+    })
 }
 
 fn answered(res: Response<Body>) -> Answer {
@@ -330,6 +374,7 @@ impl Proxy {
         let (mut hosts, mut with_body, mut strip) = (0, false, false);
         let mut with_directives = false;
         let mut host_field = None;
+        let mut options = false;
         for (n, v) in req.headers() {
             head_bytes += n.as_str().len() + v.len() + 4;
             as_stored &= !conditional::shapes_answer(n);
@@ -343,6 +388,8 @@ impl Proxy {
                 with_body = true;
             } else if n == CONTENT_LENGTH {
                 with_body |= content_length_value(v) > Some(0);
+            } else if n == CONNECTION {
+                options = true;
             }
             strip |= s.strip_request_headers.contains(n);
         }
@@ -361,6 +408,10 @@ impl Proxy {
                 "400 Bad Request: exactly one Host header is required\n",
             ));
         }
+        if let Some(refusal) = refused_target(&req, host_field.as_ref()) {
+            self.metrics.request("rejected");
+            return answered(refusal);
+        }
 
         // The admin API on the client listener, unless it has a listener of its own.
         if s.admin.listen.is_none() {
@@ -375,9 +426,21 @@ impl Proxy {
         // Poisoning vectors go before anything (key, origin) can see them. A request
         // has few headers: look for the listed names among them (no hashing per name).
         if strip {
-            for name in &s.strip_request_headers {
+            let listed: Vec<HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|n| s.strip_request_headers.contains(n))
+                .cloned()
+                .collect();
+            for name in listed {
                 parts.headers.remove(name);
             }
+        }
+        // The fields a `Connection` option names are this hop's only: they go before
+        // the key, the Vary variant or the origin's request can see them, so that
+        // all three are built from the same request (RFC 9110 §7.6.1).
+        if options {
+            forward::strip_connection_options(&mut parts.headers);
         }
         // What `Ctx::host` reads, from the field seen in the first pass (a handle,
         // so that normalizing the request's fields below can still borrow them).
@@ -642,10 +705,12 @@ impl Proxy {
     ) -> Option<Request<Body>> {
         let o = &upstream.settings;
         let pq = ctx.uri.path_and_query().map_or("/", |p| p.as_str());
-        let path = if pq == "*" {
-            "*".to_string()
-        } else {
-            format!("{}{}", o.base_path, pq)
+        // The origin is sent the target the key was built from (normalized escapes,
+        // the key rule's query: dropped parameters never reach it), so that what it
+        // answers is what the key stands for.
+        let path = match key::target(&ctx.key.full) {
+            Some(target) if pq != "*" => format!("{}{}", o.base_path, target),
+            _ => pq.to_string(),
         };
         let uri = Uri::builder()
             .scheme(o.scheme.clone())
@@ -656,8 +721,10 @@ impl Proxy {
         let mut headers = ctx.headers.clone();
         forward::strip_hop_by_hop(&mut headers);
         headers.remove(EXPECT); // 100-continue was handled on the client hop
-        let host = if o.preserve_host && !ctx.host().is_empty() {
-            HeaderValue::from_str(ctx.host()).ok()
+                                // The host as the key has it (case, trailing dot and default port
+                                // normalized), never the raw spelling.
+        let host = if o.preserve_host && !ctx.host_norm().is_empty() {
+            HeaderValue::from_str(ctx.host_norm()).ok()
         } else {
             None
         };
@@ -669,7 +736,7 @@ impl Proxy {
             &mut headers,
             ctx.client.addr.ip(),
             ctx.client.scheme,
-            Some(ctx.host()).filter(|h| !h.is_empty()),
+            Some(ctx.host_norm()).filter(|h| !h.is_empty()),
         );
         if let Some(via) = forward::via_value(ctx.version, &self.cfg().via) {
             forward::append_via(&mut headers, &via);
@@ -684,6 +751,12 @@ impl Proxy {
 
     /// Hop-by-hop fields go; a missing `Date` is added (RFC 9110 §6.6.1).
     pub(crate) fn clean_origin_headers(&self, headers: &mut HeaderMap, received: SystemTime) {
+        // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored (the body
+        // was framed by the encoding), so it must not be passed on, nor stored: a
+        // stored response's length is always its body's.
+        if headers.contains_key(TRANSFER_ENCODING) {
+            headers.remove(CONTENT_LENGTH);
+        }
         forward::strip_hop_by_hop(headers);
         if !headers.contains_key(DATE) {
             if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(received)) {
