@@ -472,6 +472,10 @@ pub struct OriginSection {
     /// Most requests in flight to this origin at once (0: no limit). Beyond it,
     /// requests wait up to `connect_timeout` for a free slot, then get 503.
     pub max_connections: usize,
+    /// Reuse connections to this origin (a pool of idle connections). Off: one
+    /// connection per request, as nginx does without `keepalive`; bytes an origin
+    /// sends on an idle connection can then never be taken for a later answer.
+    pub keepalive: bool,
     /// Active health check (absent: the origin is always considered healthy).
     pub health_check: Option<HealthCheckSection>,
     /// For an `https://` origin: an extra CA certificate (PEM) to trust besides the
@@ -528,7 +532,8 @@ impl Default for OriginSection {
             connect_timeout: Duration::from_secs(3),
             first_byte_timeout: Duration::from_secs(30),
             preserve_host: true,
-            max_connections: 0,
+            max_connections: 256,
+            keepalive: true,
             health_check: None,
             ca: None,
         }
@@ -597,6 +602,7 @@ pub struct OriginSettings {
     pub first_byte_timeout: Duration,
     pub preserve_host: bool,
     pub max_connections: usize,
+    pub keepalive: bool,
     pub health_check: Option<HealthCheck>,
     /// TLS client configuration (used by https origins only).
     pub tls: Arc<rustls::ClientConfig>,
@@ -1154,6 +1160,7 @@ impl Settings {
                 first_byte_timeout: o.first_byte_timeout,
                 preserve_host: o.preserve_host,
                 max_connections: o.max_connections,
+                keepalive: o.keepalive,
                 health_check,
                 tls,
             });

@@ -158,6 +158,7 @@ impl Upstream {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(if settings.keepalive { usize::MAX } else { 0 })
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);

@@ -1,0 +1,509 @@
+//! Hostile traffic (issue 14): one user's request must never decide what other
+//! users get. Each test here failed on the code before its fix (the closing note
+//! of the issue lists which); all run the real server on loopback against a real
+//! origin.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The body of the origin's answer names what it saw of these request fields.
+fn echo(fields: &'static [&'static str]) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
+    move |req: &Seen| {
+        let seen: Vec<String> = fields
+            .iter()
+            .map(|f| format!("{f}={}", req.header(f).unwrap_or("-")))
+            .collect();
+        Reply::ok(seen.join(" ")).header("cache-control", "max-age=60")
+    }
+}
+
+// 1. `Connection` options are removed before the key and the Vary variant are built.
+
+#[tokio::test]
+async fn a_connection_option_cannot_store_another_language_as_the_vary_variant() {
+    let origin =
+        Origin::start(|req| echo(&["accept-language"])(req).header("vary", "Accept-Language"))
+            .await;
+    let proxy = Proxy::start(&origin).await;
+    let attack = raw(
+        proxy.addr,
+        b"GET /p HTTP/1.1\r\nHost: shop.example\r\nAccept-Language: fr\r\nConnection: accept-language, close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&attack), Some(200), "{attack}");
+    assert!(attack.contains("accept-language=-"), "{attack}");
+    let fr = proxy
+        .get_with("/p", &[("host", "shop.example"), ("accept-language", "fr")])
+        .await;
+    assert_eq!(fr.text(), "accept-language=fr", "{}", fr.cache_status());
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_connection_option_cannot_remove_a_keyed_header_or_cookie() {
+    let origin = Origin::start(echo(&["x-device", "cookie"])).await;
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.key.headers = vec!["X-Device".into()];
+        c.key.cookies = vec!["segment".into()];
+    })
+    .await;
+    for (field, value, wanted) in [
+        ("x-device", "X-Device: mobile", "x-device=mobile cookie=-"),
+        (
+            "cookie",
+            "Cookie: segment=vip",
+            "x-device=- cookie=segment=vip",
+        ),
+    ] {
+        let path = format!("/{field}");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: shop.example\r\n{value}\r\nConnection: {field}, close\r\n\r\n"
+        );
+        let attack = raw(proxy.addr, request.as_bytes()).await;
+        assert_eq!(raw_status(&attack), Some(200), "{attack}");
+        let (name, v) = value.split_once(": ").unwrap();
+        let real = proxy
+            .get_with(&path, &[("host", "shop.example"), (name, v)])
+            .await;
+        assert_eq!(real.text(), wanted, "{field}: {}", real.cache_status());
+        assert!(!real.is_hit(), "{field}: stored under the keyed value");
+    }
+}
+
+// 2. The origin is sent the query the key was built from.
+
+#[tokio::test]
+async fn dropped_query_parameters_never_reach_the_origin() {
+    let origin = Origin::start(|req| {
+        Reply::ok(format!("page for {}", req.uri)).header("cache-control", "max-age=60")
+    })
+    .await;
+    let proxy = Proxy::start(&origin).await;
+    let poisoned = proxy
+        .get("/landing?utm_source=%3Cscript%3Ealert(1)%3C/script%3E&short=1")
+        .await;
+    assert_eq!(poisoned.text(), "page for /landing?short=1");
+    let clean = proxy.get("/landing?short=1").await;
+    assert!(clean.is_hit());
+    assert!(!clean.text().contains("script"), "{}", clean.text());
+    // `;` cloaking: the origin gets exactly what is keyed.
+    let cloaked = proxy
+        .get("/jsonp?callback=cb&utm_content=x;callback=evil")
+        .await;
+    assert_eq!(cloaked.text(), "page for /jsonp?callback=cb");
+    assert_eq!(
+        origin
+            .seen()
+            .iter()
+            .map(|s| s.uri.to_string())
+            .collect::<Vec<_>>(),
+        ["/landing?short=1", "/jsonp?callback=cb"]
+    );
+}
+
+// 3. A host that is not a host name or address is refused.
+
+#[tokio::test]
+async fn a_host_with_a_path_cannot_collide_with_another_urls_key() {
+    let origin = Origin::start(|req| {
+        Reply::ok(format!("page {}", req.uri.path())).header("cache-control", "max-age=60")
+    })
+    .await;
+    let proxy = Proxy::start_with(&origin, |c| c.origins[0].preserve_host = false).await;
+    for bad in [
+        "shop.example/a",
+        "shop.example?x=",
+        "user@shop.example",
+        "shop.example:80x",
+        "a b",
+    ] {
+        let request = format!("GET /b HTTP/1.1\r\nHost: {bad}\r\nConnection: close\r\n\r\n");
+        let res = raw(proxy.addr, request.as_bytes()).await;
+        assert_eq!(raw_status(&res), Some(400), "Host {bad:?}: {res}");
+    }
+    let ab = proxy.get_with("/a/b", &[("host", "shop.example")]).await;
+    assert_eq!(ab.text(), "page /a/b");
+    assert_eq!(origin.hits(), 1, "no refused request reached the origin");
+}
+
+#[tokio::test]
+async fn userinfo_foreign_schemes_and_connect_are_refused() {
+    let origin = Origin::start(|_| Reply::ok("x").header("cache-control", "max-age=60")).await;
+    let proxy = Proxy::start(&origin).await;
+    for (request, status) in [
+        (
+            "GET http://user:pw@shop.example/ HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            "GET ftp://shop.example/ HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            "CONNECT shop.example:443 HTTP/1.1\r\nHost: shop.example:443\r\nConnection: close\r\n\r\n",
+            405,
+        ),
+        (
+            "GET http://shop.example/ok HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+    ] {
+        let res = raw(proxy.addr, request.as_bytes()).await;
+        assert_eq!(raw_status(&res), Some(status), "{request:?}: {res}");
+    }
+    assert_eq!(origin.hits(), 1);
+}
+
+// 4. A coalesced revalidation whose 304 sets a cookie is the requester's alone.
+
+#[tokio::test]
+async fn a_304_with_set_cookie_never_reaches_the_waiting_clients() {
+    let gate = gate();
+    let n = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let (gate, n) = (gate.clone(), n.clone());
+        Origin::start(move |req| {
+            let i = n.fetch_add(1, Ordering::SeqCst);
+            if req.header("if-none-match").is_none() {
+                return Reply::ok("v1")
+                    .header("etag", "\"v1\"")
+                    .header("cache-control", "max-age=0");
+            }
+            let reply = Reply::status(304)
+                .header("etag", "\"v1\"")
+                .header("cache-control", "max-age=60")
+                .header("set-cookie", &format!("session=user{i}"));
+            // The first revalidation waits until every client is queued behind it.
+            if i == 1 {
+                reply.gated(&gate)
+            } else {
+                reply
+            }
+        })
+        .await
+    };
+    let proxy = Arc::new(Proxy::start(&origin).await);
+    assert_eq!(proxy.get("/p").await.text(), "v1");
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let p = proxy.clone();
+            tokio::spawn(async move { p.get("/p").await })
+        })
+        .collect();
+    let mut activity = proxy.running.proxy.flights().activity();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        activity.wait_for(|a| a.waiters == 3),
+    )
+    .await
+    .expect("three clients wait on the revalidation")
+    .expect("activity channel");
+    open(&gate);
+    let mut cookies = Vec::new();
+    for c in clients {
+        let res = c.await.unwrap();
+        assert_eq!(res.status, 200);
+        assert_eq!(res.text(), "v1");
+        let status = res.cache_status().to_string();
+        assert!(!status.contains("stored"), "nothing was stored: {status}");
+        assert!(
+            !status.contains("ttl="),
+            "no ttl for what was not stored: {status}"
+        );
+        cookies.extend(res.header("set-cookie").map(str::to_string));
+    }
+    // Each client has at most its own cookie: from its own trip to the origin.
+    let mut unique = cookies.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        cookies.len(),
+        "a cookie was shared: {cookies:?}"
+    );
+    assert_eq!(
+        origin.hits(),
+        5,
+        "every client revalidated on its own behalf"
+    );
+    assert!(proxy.get("/p").await.cache_status().contains("fwd="));
+}
+
+// 5. A body too large to store is read from the origin at its client's pace.
+
+#[tokio::test]
+async fn a_slow_client_holds_back_a_chunked_body_too_large_to_store() {
+    const CHUNK: usize = 64 * 1024;
+    const TOTAL: u64 = 128 * 1024 * 1024;
+    let produced = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+    let origin = streaming_origin(CHUNK, TOTAL, produced.clone(), done_tx).await;
+    let proxy = Proxy::start_url(&format!("http://{origin}"), |c| {
+        c.cache.max_object_size = bytesize::ByteSize::mib(1);
+    })
+    .await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the head only, then stop reading.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        client.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let mut activity = proxy.running.proxy.flights().activity();
+    tokio::select! {
+        _ = done_rx.wait_for(|d| *d) => {
+            panic!("the proxy read the whole {TOTAL}-byte body for a client that reads nothing");
+        }
+        paused = activity.wait_for(|a| a.paused == 1) => { paused.unwrap(); }
+    }
+    // Kernel socket buffers on both sides, hyper's buffers and the stream window.
+    let held_back = produced.load(Ordering::SeqCst);
+    assert!(held_back < TOTAL / 2, "{held_back} bytes read ahead");
+    // The client then reads everything, complete.
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    let body = dechunk(&rest);
+    assert_eq!(body.len() as u64, TOTAL);
+    assert!(body.iter().all(|b| *b == b'x'));
+    assert_eq!(proxy.running.proxy.flights().activity().borrow().paused, 0);
+}
+
+/// An origin that streams `total` bytes of `x` in chunks (no Content-Length),
+/// counting what it has handed to its connection, and says when it is done.
+async fn streaming_origin(
+    chunk: usize,
+    total: u64,
+    produced: Arc<AtomicU64>,
+    done: tokio::sync::watch::Sender<bool>,
+) -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let done = Arc::new(done);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (produced, done) = (produced.clone(), done.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let (produced, done) = (produced.clone(), done.clone());
+                    async move {
+                        let (tx, rx) = tokio::sync::mpsc::channel::<
+                            Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+                        >(1);
+                        tokio::spawn(async move {
+                            let data = Bytes::from(vec![b'x'; chunk]);
+                            let mut sent = 0;
+                            while sent < total {
+                                if tx
+                                    .send(Ok(http_body::Frame::data(data.clone())))
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                                sent += chunk as u64;
+                                produced.store(sent, Ordering::SeqCst);
+                            }
+                            done.send_replace(true);
+                        });
+                        let body = http_body_util::StreamBody::new(ReceiverStream(rx));
+                        let mut res = http::Response::new(body);
+                        res.headers_mut().insert(
+                            "cache-control",
+                            http::HeaderValue::from_static("max-age=60"),
+                        );
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The data of a chunked HTTP/1.1 body (without trailers).
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = std::str::from_utf8(&raw[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&raw[start..start + size]);
+        raw = &raw[start + size + 2..];
+    }
+}
+
+// Weaknesses.
+
+#[tokio::test]
+async fn content_length_goes_when_the_origin_sends_transfer_encoding_too() {
+    for (length, body) in [("20abc", "hello"), ("3", "hello")] {
+        let raw_response = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\nContent-Length: {length}\r\n\r\n5\r\n{body}\r\n0\r\n\r\n"
+        );
+        let origin = RawOrigin::start(raw_response).await;
+        let proxy = Proxy::start_url(&origin.url(), |_| {}).await;
+        let first = proxy.get("/te").await;
+        assert_eq!(first.text(), "hello", "Content-Length {length}");
+        let hit = proxy.get("/te").await;
+        assert!(hit.is_hit(), "{}", hit.cache_status());
+        assert_eq!(hit.text(), "hello", "Content-Length {length}");
+        assert_eq!(hit.header("content-length"), Some("5"));
+    }
+}
+
+#[tokio::test]
+async fn unkeyed_forwarding_fields_and_their_underscore_spellings_never_reach_the_origin() {
+    let origin = Origin::start(|_| Reply::ok("x").header("cache-control", "max-age=60")).await;
+    let proxy = Proxy::start(&origin).await;
+    let sent = [
+        ("x-forwarded-prefix", "/evil"),
+        ("x-forwarded-uri", "/evil"),
+        ("x-forwarded-path", "/evil"),
+        ("x-forwarded-ssl", "on"),
+        ("front-end-https", "on"),
+        ("x-original-host", "evil.example"),
+        ("x-url-scheme", "https"),
+        ("x_forwarded_host", "evil.example"),
+        ("x_forwarded_proto", "https"),
+        ("x_forwarded_for", "10.9.9.9"),
+        ("x_original_url", "/admin"),
+        ("x-forwarded_prefix", "/evil"),
+    ];
+    proxy.get_with("/f", &sent).await;
+    let seen = origin.last();
+    for (name, _) in sent {
+        assert_eq!(seen.header(name), None, "{name} reached the origin");
+    }
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(&*proxy.addr.to_string())
+    );
+}
+
+#[tokio::test]
+async fn the_origin_gets_the_normalized_host_the_key_was_built_from() {
+    let origin = Origin::start(|req| {
+        Reply::ok(format!("host {}", req.header("host").unwrap_or("-")))
+            .header("cache-control", "max-age=60")
+    })
+    .await;
+    let proxy = Proxy::start(&origin).await;
+    let odd = proxy.get_with("/h", &[("host", "SHOP.Example.:80")]).await;
+    assert_eq!(odd.text(), "host shop.example");
+    assert_eq!(
+        origin.last().header("x-forwarded-host"),
+        Some("shop.example")
+    );
+    assert!(proxy
+        .get_with("/h", &[("host", "shop.example")])
+        .await
+        .is_hit());
+}
+
+#[tokio::test]
+async fn no_heuristic_freshness_for_requests_with_credentials_unless_configured() {
+    let last_modified =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10 * 86_400));
+    for allowed in [false, true] {
+        let lm = last_modified.clone();
+        let origin = Origin::start(move |req| {
+            Reply::ok(format!(
+                "page for {}",
+                req.header("cookie").unwrap_or("nobody")
+            ))
+            .header("last-modified", &lm)
+        })
+        .await;
+        let proxy = Proxy::start_with(&origin, |c| {
+            c.cache.heuristic_with_credentials = allowed;
+        })
+        .await;
+        let alice = proxy.get_with("/me", &[("cookie", "session=alice")]).await;
+        assert_eq!(alice.text(), "page for session=alice");
+        let bob = proxy.get_with("/me", &[("cookie", "session=bob")]).await;
+        assert_eq!(bob.is_hit(), allowed, "{}", bob.cache_status());
+        if !allowed {
+            assert_eq!(bob.text(), "page for session=bob");
+            assert!(alice.cache_status().contains("detail=credentials"));
+        }
+        // Explicit freshness always counts; no credentials, the heuristic applies.
+        let anon = proxy.get("/anon").await;
+        assert!(
+            anon.cache_status().contains("stored"),
+            "{}",
+            anon.cache_status()
+        );
+    }
+}
+
+/// An origin that answers its first request on a connection with `first` and
+/// then, unasked, writes `then` (a response to no request) on the same connection;
+/// later requests on it get nothing. Every new connection starts over.
+async fn unsolicited_origin(first: &'static str, then: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(first.as_bytes()).await;
+                let _ = stream.write_all(then.as_bytes()).await;
+                // Keep the connection open: only the proxy may close it.
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn bytes_an_idle_origin_connection_receives_are_never_a_response() {
+    let addr = unsolicited_origin(
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nCache-Control: max-age=60\r\n\r\nevil",
+    )
+    .await;
+    let proxy = Proxy::start_url(&format!("http://{addr}"), |_| {}).await;
+    assert_eq!(proxy.get("/one").await.text(), "hello");
+    for path in ["/two", "/three"] {
+        let res = proxy.get(path).await;
+        assert_eq!(res.text(), "hello", "{path}: {}", res.cache_status());
+    }
+}
