@@ -161,15 +161,23 @@ impl Proxy {
                     Err(res) => return *res,
                     Ok(t) => t.clone(),
                 };
-                let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => {
-                        return problem(
-                            StatusCode::BAD_REQUEST,
-                            "request body unreadable or over 1 MiB",
-                        )
-                    }
-                };
+                let read = Limited::new(req.into_body(), MAX_BODY).collect();
+                let bytes =
+                    match tokio::time::timeout(self.settings().admin.read_timeout, read).await {
+                        Ok(Ok(b)) => b.to_bytes(),
+                        Ok(Err(_)) => {
+                            return problem(
+                                StatusCode::BAD_REQUEST,
+                                "request body unreadable or over 1 MiB",
+                            )
+                        }
+                        Err(_) => {
+                            return problem(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "request body not received within admin.read_timeout",
+                            )
+                        }
+                    };
                 let purge: Purge = match serde_json::from_slice(&bytes) {
                     Ok(p) => p,
                     Err(e) => {

@@ -146,6 +146,10 @@ pub struct AdminSection {
     pub request_id_window: Duration,
     /// Accept the `PURGE` method on the client listener (a token is still required).
     pub purge_method: bool,
+    /// A purge's body (and, on the admin listener, a request head) must arrive
+    /// within this time; a client that trickles it gets 408 (or is closed).
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
     pub tokens: Vec<TokenSection>,
 }
 
@@ -157,6 +161,7 @@ impl Default for AdminSection {
             max_batch: 1000,
             request_id_window: Duration::from_secs(600),
             purge_method: true,
+            read_timeout: Duration::from_secs(10),
             tokens: Vec::new(),
         }
     }
@@ -190,6 +195,7 @@ pub struct AdminSettings {
     pub max_batch: usize,
     pub request_id_window: Duration,
     pub purge_method: bool,
+    pub read_timeout: Duration,
     pub tokens: Vec<Token>,
 }
 
@@ -331,6 +337,8 @@ pub struct ServerSection {
     /// to this long before exiting.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Most concurrent streams one HTTP/2 connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub h2_max_streams: u32,
 }
 
 /// The default `server.strip_request_headers`.
@@ -371,6 +379,7 @@ impl Default for ServerSection {
             drain_timeout: Duration::from_secs(30),
             tls: None,
             threads: 0,
+            h2_max_streams: 100,
         }
     }
 }
@@ -637,6 +646,7 @@ pub struct Settings {
     pub strip_request_headers: crate::forward::HeaderSet,
     pub debug_headers: bool,
     pub drain_timeout: Duration,
+    pub h2_max_streams: u32,
     pub access_log: bool,
     /// TLS termination on the listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -962,6 +972,7 @@ fn admin_settings(a: &AdminSection) -> Result<AdminSettings, ConfigError> {
         allow_ips,
         max_batch: a.max_batch,
         request_id_window: a.request_id_window,
+        read_timeout: a.read_timeout,
         purge_method: a.purge_method,
         tokens,
     })
@@ -1205,6 +1216,7 @@ impl Settings {
             )?),
             debug_headers: s.debug_headers,
             drain_timeout: s.drain_timeout,
+            h2_max_streams: s.h2_max_streams.max(1),
             access_log: file.log.access,
             tls: match &s.tls {
                 None => None,

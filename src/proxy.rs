@@ -310,6 +310,7 @@ impl Proxy {
         keep!(listen, "server.listen");
         keep!(header_read_timeout, "server.header_read_timeout");
         keep!(max_header_bytes, "server.max_header_bytes");
+        keep!(h2_max_streams, "server.h2_max_streams");
         keep!(max_size, "cache.max_size");
         keep!(max_variants, "cache.max_variants");
         keep!(uncacheable_ttl, "cache.uncacheable_ttl");

@@ -111,6 +111,10 @@ fn connection_builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(s.h2_max_streams)
+        // Streams a client resets before they are served (rapid reset): past
+        // this many pending, the connection gets GOAWAY (h2's default, made explicit).
+        .max_pending_accept_reset_streams(20)
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
@@ -420,7 +424,14 @@ fn lowest_priority() {
 }
 
 async fn admin_loop(listener: TcpListener, proxy: Arc<Proxy>) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    // Off the request path: hyper's own timer bounds a request head's arrival.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.settings().admin.read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -507,3 +507,78 @@ async fn bytes_an_idle_origin_connection_receives_are_never_a_response() {
         assert_eq!(res.text(), "hello", "{path}: {}", res.cache_status());
     }
 }
+
+/// A hyper origin that counts the connections it accepts.
+async fn counting_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn origin_connections_are_not_reused_without_keepalive() {
+    for keepalive in [true, false] {
+        let (addr, connections) = counting_origin().await;
+        let proxy = Proxy::start_url(&format!("http://{addr}"), |c| {
+            c.origins[0].keepalive = keepalive;
+        })
+        .await;
+        for i in 0..3 {
+            assert_eq!(proxy.get(&format!("/{i}")).await.text(), "ok");
+        }
+        let expected = if keepalive { 1 } else { 3 };
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            expected,
+            "keepalive {keepalive}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_and_purge_bodies_have_a_read_timeout() {
+    let origin = Origin::start(|_| Reply::ok("x")).await;
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin.read_timeout = Duration::from_millis(200);
+        add_token(
+            c,
+            "ops",
+            "s3cret-s3cret-s3cret",
+            &[lacquer::config::Operation::Tag],
+            &[],
+            &[],
+        );
+    })
+    .await;
+    let admin = proxy.running.admin_addr.expect("admin listener");
+    // A head that never ends: the connection is closed, without a response.
+    let partial = raw(admin, b"GET /.lacquer/stats HTTP/1.1\r\nHost: a\r\n").await;
+    assert_eq!(raw_status(&partial), None, "{partial}");
+    // A purge body that never arrives: 408.
+    let trickle = raw(
+        admin,
+        b"POST /.lacquer/purge HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret-s3cret-s3cret\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tags\":",
+    )
+    .await;
+    assert_eq!(raw_status(&trickle), Some(408), "{trickle}");
+}
