@@ -123,14 +123,14 @@ fn refused_target(
             http::header::ALLOW,
             HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, PURGE"),
         );
-        return Some(res);
+        return Some(closing(res));
     }
     if let Some(scheme) = req.uri().scheme_str() {
         if scheme != "http" && scheme != "https" {
-            return Some(plain(
+            return Some(closing(plain(
                 StatusCode::BAD_REQUEST,
                 "400 Bad Request: only http and https targets are served\n",
-            ));
+            )));
         }
     }
     let host = match req.uri().authority() {
@@ -142,12 +142,22 @@ fn refused_target(
             None => "",
         },
     };
-    (!key::valid_host(host.trim_ascii())).then(|| {
-        plain(
-            StatusCode::BAD_REQUEST,
-            "400 Bad Request: the host is not a valid host name or address\n",
-        )
-    })
+    (!key::valid_host(host.trim_ascii()))
+        .then(|| {
+            plain(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: the host is not a valid host name or address\n",
+            )
+        })
+        .map(closing)
+}
+
+/// A refusal also ends an HTTP/1 connection: whatever the client sent after a
+/// request Lacquer would not read is not read as a request either.
+fn closing(mut res: Response<Body>) -> Response<Body> {
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    res
 }
 
 fn answered(res: Response<Body>) -> Answer {
