@@ -180,7 +180,42 @@ impl KeyRules {
 /// holds) is refused: the key is `scheme://host/path`, and a host that carried a
 /// path or query would collide with another URL's key.
 pub fn valid_host(host: &str) -> bool {
-    let b = host.as_bytes();
+    valid_host_bytes(host.as_bytes())
+}
+
+/// [`valid_host`] of a field's bytes (bytes that are not visible ASCII are in no
+/// valid host).
+pub fn valid_host_bytes(host: &[u8]) -> bool {
+    // The common case: a name of unreserved characters with an optional port, one
+    // table lookup a byte.
+    let mut colon = None;
+    for (i, &c) in host.iter().enumerate() {
+        if !UNRESERVED[c as usize] {
+            if c != b':' || colon.is_some() {
+                return valid_host_slow(host);
+            }
+            colon = Some(i);
+        }
+    }
+    match colon {
+        None => true,
+        Some(i) => i > 0 && host.len() - i <= 6 && host[i + 1..].iter().all(u8::is_ascii_digit),
+    }
+}
+
+/// Unreserved characters (RFC 3986 §2.3).
+static UNRESERVED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        c += 1;
+    }
+    t
+};
+
+fn valid_host_slow(b: &[u8]) -> bool {
     let (name, port) = if let Some(rest) = b.strip_prefix(b"[") {
         // IP-literal: an IPv6 address in brackets (IPvFuture is not accepted).
         let Some(close) = rest.iter().position(|&c| c == b']') else {

@@ -134,15 +134,11 @@ fn refused_target(
         }
     }
     let host = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        // Not visible ASCII: refused as well (it cannot be a reg-name).
-        None => match host_field.map(HeaderValue::to_str) {
-            Some(Ok(h)) => h,
-            Some(Err(_)) => "\u{0}",
-            None => "",
-        },
+        Some(a) => a.as_str().as_bytes(),
+        // Bytes that are not visible ASCII are in no valid host either.
+        None => host_field.map_or(&b""[..], HeaderValue::as_bytes),
     };
-    (!key::valid_host(host.trim_ascii()))
+    (!key::valid_host_bytes(host.trim_ascii()))
         .then(|| {
             plain(
                 StatusCode::BAD_REQUEST,
