@@ -190,6 +190,15 @@ impl FlightGuard {
         self.flight.tx.send_replace(Some(shared));
     }
 
+    /// Who still wants this flight's result: the leader's request (alive while
+    /// `leader` is) and its waiters.
+    pub fn interest(&self, leader: &Arc<()>) -> Interest {
+        Interest {
+            leader: Arc::downgrade(leader),
+            flight: self.flight.clone(),
+        }
+    }
+
     /// A receiver for the leader's own request, like any waiter's.
     pub fn subscribe(&self) -> watch::Receiver<Option<Shared>> {
         self.flight.tx.subscribe()
@@ -206,6 +215,18 @@ impl Drop for FlightGuard {
             }));
         }
         self.flights.remove(self.digest, &self.flight);
+    }
+}
+
+/// Whether anybody still waits for a flight (see [`FlightGuard::interest`]).
+pub struct Interest {
+    leader: std::sync::Weak<()>,
+    flight: Arc<Flight>,
+}
+
+impl Interest {
+    pub fn wanted(&self) -> bool {
+        self.leader.strong_count() > 0 || self.flight.tx.receiver_count() > 0
     }
 }
 

@@ -339,6 +339,10 @@ pub struct ServerSection {
     pub drain_timeout: Duration,
     /// Most concurrent streams one HTTP/2 connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub h2_max_streams: u32,
+    /// Most origin requests one client connection may have in flight (0: no bound).
+    /// A fetch that goes on after its client left, or after its HTTP/2 stream was
+    /// reset, still counts.
+    pub max_origin_requests_per_connection: usize,
 }
 
 /// The default `server.strip_request_headers`.
@@ -380,6 +384,7 @@ impl Default for ServerSection {
             tls: None,
             threads: 0,
             h2_max_streams: 100,
+            max_origin_requests_per_connection: 64,
         }
     }
 }
@@ -647,6 +652,7 @@ pub struct Settings {
     pub debug_headers: bool,
     pub drain_timeout: Duration,
     pub h2_max_streams: u32,
+    pub max_origin_requests_per_connection: usize,
     pub access_log: bool,
     /// TLS termination on the listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -736,6 +742,22 @@ fn vary_rules(
                         return Err(err(
                             format!("vary.normalizers[{i}].languages[{j}]"),
                             format!("`{l}` is not a language tag"),
+                        ));
+                    }
+                    // Request members longer than this are skipped (vary.rs), so
+                    // such a language could never be matched again.
+                    if l.len() > 64 {
+                        return Err(err(
+                            format!("vary.normalizers[{i}].languages[{j}]"),
+                            "a language tag is at most 64 bytes long",
+                        ));
+                    }
+                    // Tags compare without case: two spellings of one would make
+                    // a normalized value normalize to the other.
+                    if n.languages[..j].iter().any(|o| o.eq_ignore_ascii_case(l)) {
+                        return Err(err(
+                            format!("vary.normalizers[{i}].languages[{j}]"),
+                            format!("`{l}` is listed twice (tags compare without case)"),
                         ));
                     }
                 }
@@ -1217,6 +1239,7 @@ impl Settings {
             debug_headers: s.debug_headers,
             drain_timeout: s.drain_timeout,
             h2_max_streams: s.h2_max_streams.max(1),
+            max_origin_requests_per_connection: s.max_origin_requests_per_connection,
             access_log: file.log.access,
             tls: match &s.tls {
                 None => None,
@@ -1285,6 +1308,8 @@ mod tests {
             ("", "origins"),
             ("[vary]\nnormalizers = [{ header = \"accept\", kind = \"magic\" }]\n", "vary.normalizers[0].kind"),
             ("[vary]\nnormalizers = [{ header = \"accept-language\", kind = \"language\" }]\n[[origins]]\nurl=\"http://a\"\n", "vary.normalizers[0].languages"),
+            ("[vary]\nnormalizers = [{ header = \"accept-language\", kind = \"language\", languages = [\"EN\", \"en\"] }]\n[[origins]]\nurl=\"http://a\"\n", "vary.normalizers[0].languages[1]"),
+            ("[vary]\nnormalizers = [{ header = \"accept-language\", kind = \"language\", languages = [\"en\", \"x-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"] }]\n[[origins]]\nurl=\"http://a\"\n", "vary.normalizers[0].languages[1]"),
             ("[vary]\nallow_private = [\"accept\"]\n[[origins]]\nurl=\"http://a\"\n", "vary.allow_private[0]"),
             ("[[routes]]\npath_prefix = \"shop\"\n[[origins]]\nurl=\"http://a\"\n", "routes[0].path_prefix"),
             ("[[routes]]\nhost = \"**.bad\"\n[[origins]]\nurl=\"http://a\"\n", "routes[0].host"),

@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use tracing::{debug, warn};
 
 use crate::body::{self, Body};
-use crate::coalesce::{FlightGuard, Join, Shared, SharedBody};
+use crate::coalesce::{FlightGuard, Interest, Join, Shared, SharedBody};
 use crate::directives::Directives;
 use crate::freshness::{self, NotStored};
 use crate::key::{self, Variant};
@@ -35,6 +35,10 @@ pub(crate) struct Job {
     pub ctx: Ctx,
     pub stale: Option<Arc<StoredResponse>>,
     pub fwd: Fwd,
+    /// For a flight's fetch: whether anybody still wants it. A fetch nobody wants
+    /// by the time it may go to the origin (its clients left while it waited for
+    /// their connection's budget) is not sent.
+    pub interest: Option<Arc<Interest>>,
 }
 
 /// The origin's answer, classified.
@@ -97,6 +101,7 @@ impl Proxy {
             ctx: ctx.clone(),
             stale,
             fwd,
+            interest: None,
         };
         // A range request on a miss goes to the origin as is and is not stored.
         if job.stale.is_none() && ctx.headers.contains_key(RANGE) {
@@ -117,14 +122,21 @@ impl Proxy {
         match self.flights.join(ctx.key.digest) {
             Join::Leader(guard) => {
                 let this = self.clone();
-                let flight = job.clone();
+                // Alive while this request waits for the flight.
+                let wanted = Arc::new(());
+                let flight = Job {
+                    interest: Some(Arc::new(guard.interest(&wanted))),
+                    ..job.clone()
+                };
                 // The fetch runs in its own task: it goes on if this client leaves.
                 let task = tokio::spawn(async move {
                     let exchange = this.exchange(&flight).await;
                     let own = this.settle(&flight, exchange, Some(guard));
                     (own, flight.ctx.origin_micros.get())
                 });
-                match task.await {
+                let finished = task.await;
+                drop(wanted);
+                match finished {
                     Ok((own, origin_micros)) => {
                         ctx.origin_micros.set(origin_micros);
                         match own {
@@ -160,6 +172,7 @@ impl Proxy {
                 ctx: ctx.clone(),
                 stale: Some(entry),
                 fwd: Fwd::Stale,
+                interest: None,
             };
             tokio::spawn(async move {
                 let exchange = this.exchange(&job).await;
@@ -182,9 +195,11 @@ impl Proxy {
 
     async fn range_pass(&self, ctx: &Ctx) -> Response<Body> {
         let build = |up: &Upstream| self.origin_request(up, ctx, ctx.method.clone(), body::empty());
+        let slot = self.origin_slot(&ctx.client).await;
         let sent = std::time::Instant::now();
         let origins = self.origins();
         let result = origins.send(build, true).await;
+        drop(slot);
         ctx.record_origin_time(sent);
         match result {
             Ok((res, _)) => {
@@ -237,9 +252,20 @@ impl Proxy {
         let fetched_gen = self.store.generation();
         let request_time = SystemTime::now();
         // GET without a body can be rebuilt: one retry on a connection failure.
+        let slot = self.origin_slot(&ctx.client).await;
+        if job.interest.as_ref().is_some_and(|i| !i.wanted()) {
+            debug!(key = %ctx.key.full, "fetch abandoned before it was sent: nobody waits for it");
+            return Exchange::Failed {
+                status: StatusCode::BAD_GATEWAY,
+                detail: "abandoned",
+                down: false,
+                response: None,
+            };
+        }
         let sent = std::time::Instant::now();
         let origins = self.origins();
         let result = origins.send(build, true).await;
+        drop(slot);
         ctx.record_origin_time(sent);
         let res = match result {
             Ok((res, _)) => res,
@@ -689,6 +715,7 @@ impl Proxy {
             ctx: job.ctx.clone(),
             stale: None,
             fwd: Fwd::VaryMiss,
+            interest: None,
         };
         let res = Box::pin(self.direct(&own)).await;
         job.ctx.origin_micros.set(own.ctx.origin_micros.get());

@@ -40,11 +40,25 @@ use crate::store::{Lookup, Store, StoredResponse};
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Who sent the request, as seen by the listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
     /// "http" or "https": the scheme the client used.
     pub scheme: &'static str,
+    /// The origin requests this client's connection may have in flight at once
+    /// (`server.max_origin_requests_per_connection`; `None`: no bound).
+    pub budget: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl ClientInfo {
+    /// A client with no bound on its origin requests (tests, internal callers).
+    pub fn new(addr: SocketAddr, scheme: &'static str) -> ClientInfo {
+        ClientInfo {
+            addr,
+            scheme,
+            budget: None,
+        }
+    }
 }
 
 pub struct Proxy {
@@ -61,6 +75,8 @@ pub struct Proxy {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Results of recent purges by (token, request_id), for idempotent replays.
     pub(crate) purge_results: moka::sync::Cache<String, Arc<serde_json::Value>>,
+    /// Origin requests waiting for their client connection's budget, observable.
+    budget_waits: tokio::sync::watch::Sender<usize>,
 }
 
 /// What a request needs to know about itself along the way (its body excepted).
@@ -259,6 +275,7 @@ impl Proxy {
             origins,
             flights: Arc::new(Flights::default()),
             uncacheable,
+            budget_waits: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -342,6 +359,30 @@ impl Proxy {
             restart_required,
             origins_changed,
         }
+    }
+
+    /// Origin requests waiting for a slot of their client connection's budget.
+    pub fn budget_waits(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.budget_waits.subscribe()
+    }
+
+    /// A slot of the client connection's budget of origin requests, held while the
+    /// request is at the origin (a fetch that goes on after its client left, or
+    /// whose HTTP/2 stream was reset, still holds it): one connection cannot have
+    /// more origin requests in flight than its budget, however many streams it
+    /// opens and resets.
+    pub(crate) async fn origin_slot(
+        &self,
+        client: &ClientInfo,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let budget = client.budget.clone()?;
+        if let Ok(permit) = budget.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        self.budget_waits.send_modify(|n| *n += 1);
+        let permit = budget.acquire_owned().await.ok();
+        self.budget_waits.send_modify(|n| *n -= 1);
+        permit
     }
 
     /// The coalescing state (flights in progress, waiters).
@@ -633,9 +674,11 @@ impl Proxy {
             body.take()
                 .and_then(|b| self.origin_request(up, ctx, method.clone(), b))
         };
+        let slot = self.origin_slot(&ctx.client).await;
         let sent = std::time::Instant::now();
         let origins = self.origins();
         let res = origins.send(build, false).await;
+        drop(slot);
         ctx.record_origin_time(sent);
         let res = match res {
             Ok((res, _)) => res,

@@ -77,14 +77,28 @@ impl Purge {
     }
 }
 
-/// `host/path` of a prefix, normalized like keys (scheme dropped, host lowercased).
+/// `host/path` of a prefix, normalized like keys: scheme dropped (a `://` after the
+/// first `/` is part of the path, not a scheme), host normalized for the scheme
+/// (matched without case), path percent-normalized.
 pub fn normalize_prefix(prefix: &str) -> String {
-    let (scheme, rest) = prefix.split_once("://").unwrap_or(("http", prefix));
+    let (scheme, rest) = match prefix.split_once("://") {
+        Some((s, rest)) if !s.contains('/') => (s, rest),
+        _ => ("http", prefix),
+    };
+    let scheme = if scheme.eq_ignore_ascii_case("https") {
+        "https"
+    } else {
+        "http"
+    };
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    format!("{}{}", crate::key::normalize_host(host, scheme), path)
+    let host = crate::key::normalize_host(host, scheme);
+    let mut out = String::with_capacity(host.len() + path.len());
+    out.push_str(&host);
+    crate::key::normalize_percent(path, &mut out);
+    out
 }
 
 /// How a stored response stands against the purges.
@@ -452,5 +466,33 @@ mod tests {
             "shop.example/a/"
         );
         assert_eq!(normalize_prefix("shop.example"), "shop.example/");
+    }
+
+    #[test]
+    fn prefixes_are_normalized_as_keys_are() {
+        let cases = [
+            ("https://Shop.Example:443/a/", "shop.example/a/"),
+            ("HTTPS://shop.example:443/a", "shop.example/a"),
+            ("http://shop.example:80/a", "shop.example/a"),
+            ("https://shop.example:80/a", "shop.example:80/a"),
+            ("shop.example:443/a", "shop.example:443/a"),
+            // A URL in the path is not a scheme.
+            (
+                "shop.example/go/http://other/",
+                "shop.example/go/http://other/",
+            ),
+            (
+                "https://shop.example/go/http://other/",
+                "shop.example/go/http://other/",
+            ),
+            // Keys hold percent-normalized paths.
+            ("shop.example/%7euser/", "shop.example/~user/"),
+            ("shop.example/a%2fb", "shop.example/a%2Fb"),
+            ("shop.example/%zz", "shop.example/%25zz"),
+            ("", "/"),
+        ];
+        for (prefix, normal) in cases {
+            assert_eq!(normalize_prefix(prefix), normal, "{prefix}");
+        }
     }
 }

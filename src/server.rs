@@ -190,7 +190,12 @@ async fn serve<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let client = ClientInfo { addr: peer, scheme };
+    let per_connection = proxy.settings().max_origin_requests_per_connection;
+    let client = ClientInfo {
+        addr: peer,
+        scheme,
+        budget: (per_connection > 0).then(|| Arc::new(tokio::sync::Semaphore::new(per_connection))),
+    };
     let timeout = proxy.settings().header_read_timeout;
     // Until the first request starts, the connection is on the clock: telling
     // HTTP/1 from HTTP/2 waits for the client's first bytes, and a client that
@@ -202,7 +207,7 @@ async fn serve<IO>(
     let service = service_fn(move |req| {
         first.first_request();
         // Hits are answered inside `respond`, before this returns (see there).
-        proxy.respond(req, client)
+        proxy.respond(req, client.clone())
     });
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
@@ -440,12 +445,9 @@ async fn admin_loop(listener: TcpListener, proxy: Arc<Proxy>) {
         let proxy = proxy.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let client = ClientInfo {
-                addr: peer,
-                scheme: "http",
-            };
+            let client = ClientInfo::new(peer, "http");
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let proxy = proxy.clone();
+                let (proxy, client) = (proxy.clone(), client.clone());
                 async move {
                     let path = req.uri().path();
                     let path = path.strip_prefix("/.lacquer").unwrap_or(path).to_string();

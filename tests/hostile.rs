@@ -582,3 +582,129 @@ async fn the_admin_listener_and_purge_bodies_have_a_read_timeout() {
     .await;
     assert_eq!(raw_status(&trickle), Some(408), "{trickle}");
 }
+
+/// An HTTP/2 connection (prior knowledge) to the proxy.
+async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// An origin whose answers wait for `gate`, and that says when a request arrives.
+async fn gated_origin(
+    gate: &Arc<tokio::sync::Semaphore>,
+) -> (Origin, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let gate = gate.clone();
+    let origin = Origin::start(move |req| {
+        let _ = tx.send(req.uri.path().to_string());
+        Reply::ok("x")
+            .header("cache-control", "max-age=60")
+            .gated(&gate)
+    })
+    .await;
+    (origin, arrivals)
+}
+
+#[tokio::test]
+async fn one_connection_has_at_most_its_budget_of_origin_requests_in_flight() {
+    let gate = gate();
+    let (origin, mut arrivals) = gated_origin(&gate).await;
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.server.max_origin_requests_per_connection = 4;
+    })
+    .await;
+    let send = h2_connection(proxy.addr).await;
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get(format!("http://shop.example/k{i}"))
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                let res = send.send_request(req).await.unwrap();
+                http_body_util::BodyExt::collect(res.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes()
+            })
+        })
+        .collect();
+    let mut waits = proxy.running.proxy.budget_waits();
+    tokio::time::timeout(Duration::from_secs(20), waits.wait_for(|n| *n == 16))
+        .await
+        .expect("sixteen fetches wait for the connection's budget")
+        .unwrap();
+    for _ in 0..4 {
+        arrivals.recv().await.unwrap();
+    }
+    assert!(
+        arrivals.try_recv().is_err(),
+        "a fifth request reached the origin"
+    );
+    open(&gate);
+    for r in requests {
+        assert_eq!(r.await.unwrap(), "x");
+    }
+    assert_eq!(origin.hits(), 20);
+}
+
+#[tokio::test]
+async fn fetches_whose_streams_were_reset_before_they_were_sent_are_never_sent() {
+    let gate = gate();
+    let (origin, mut arrivals) = gated_origin(&gate).await;
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.server.max_origin_requests_per_connection = 4;
+    })
+    .await;
+    let send = h2_connection(proxy.addr).await;
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get(format!("http://shop.example/r{i}"))
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                let _ = send.send_request(req).await;
+            })
+        })
+        .collect();
+    let mut waits = proxy.running.proxy.budget_waits();
+    tokio::time::timeout(Duration::from_secs(20), waits.wait_for(|n| *n == 16))
+        .await
+        .expect("sixteen fetches wait for the connection's budget")
+        .unwrap();
+    for _ in 0..4 {
+        arrivals.recv().await.unwrap();
+    }
+    // The client resets every stream (and goes away).
+    for r in requests {
+        r.abort();
+        let _ = r.await;
+    }
+    drop(send);
+    open(&gate);
+    let mut activity = proxy.running.proxy.flights().activity();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        activity.wait_for(|a| a.flights == 0),
+    )
+    .await
+    .expect("every flight ends")
+    .unwrap();
+    assert_eq!(
+        origin.hits(),
+        4,
+        "only the fetches already sent went to the origin"
+    );
+    // The four that were sent still filled the cache.
+    assert_eq!(proxy.store().len(), 4);
+}
