@@ -339,6 +339,10 @@ pub struct ServerSection {
     pub drain_timeout: Duration,
     /// Most concurrent streams one HTTP/2 connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub h2_max_streams: u32,
+    /// An HTTP/2 connection that starts no stream for this long is closed
+    /// gracefully (GOAWAY; streams in progress finish).
+    #[serde(with = "humantime_serde")]
+    pub h2_idle_timeout: Duration,
     /// Most origin requests one client connection may have in flight (0: no bound).
     /// A fetch that goes on after its client left, or after its HTTP/2 stream was
     /// reset, still counts.
@@ -384,6 +388,7 @@ impl Default for ServerSection {
             tls: None,
             threads: 0,
             h2_max_streams: 100,
+            h2_idle_timeout: Duration::from_secs(60),
             max_origin_requests_per_connection: 64,
         }
     }
@@ -652,6 +657,7 @@ pub struct Settings {
     pub debug_headers: bool,
     pub drain_timeout: Duration,
     pub h2_max_streams: u32,
+    pub h2_idle_timeout: Duration,
     pub max_origin_requests_per_connection: usize,
     pub access_log: bool,
     /// TLS termination on the listener.
@@ -1239,6 +1245,7 @@ impl Settings {
             debug_headers: s.debug_headers,
             drain_timeout: s.drain_timeout,
             h2_max_streams: s.h2_max_streams.max(1),
+            h2_idle_timeout: s.h2_idle_timeout.max(Duration::from_millis(10)),
             max_origin_requests_per_connection: s.max_origin_requests_per_connection,
             access_log: file.log.access,
             tls: match &s.tls {

@@ -197,6 +197,7 @@ async fn serve<IO>(
         budget: (per_connection > 0).then(|| Arc::new(tokio::sync::Semaphore::new(per_connection))),
     };
     let timeout = proxy.settings().header_read_timeout;
+    let proxy_idle = proxy.settings().h2_idle_timeout;
     // Until the first request starts, the connection is on the clock: telling
     // HTTP/1 from HTTP/2 waits for the client's first bytes, and a client that
     // sends nothing (or part of the HTTP/2 preface) must not hold it forever.
@@ -204,8 +205,11 @@ async fn serve<IO>(
     let mut builder = builder.clone();
     builder.http1().timer(HeadTimer(clock.clone()));
     let first = clock.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         first.first_request();
+        if req.version() == http::Version::HTTP_2 {
+            first.h2_streams.fetch_add(1, Ordering::Relaxed);
+        }
         // Hits are answered inside `respond`, before this returns (see there).
         proxy.respond(req, client.clone())
     });
@@ -214,11 +218,13 @@ async fn serve<IO>(
     // Shutdown and the head clock are watched by a task of their own, so that the
     // connection's many wake-ups (a few per request) poll only the connection.
     let events = Arc::new(ConnectionEvents::default());
+    let idle = proxy_idle;
     let _watcher = AbortOnDrop(tokio::spawn(watch_connection(
         events.clone(),
         clock,
         stop,
-        (timeout / 4).max(Duration::from_millis(5)),
+        (timeout.min(idle) / 4).max(Duration::from_millis(5)),
+        idle,
     )));
     let mut draining = false;
     let result = std::future::poll_fn(|cx| {
@@ -258,25 +264,41 @@ struct ConnectionEvents {
 /// Watches shutdown and a connection's head clock (checked a few times per
 /// timeout: a head that takes longer than the timeout closes the connection within
 /// 1.25 × the timeout), and wakes the connection's task when either fires.
+///
+/// An HTTP/2 connection that starts no stream for `idle` is shut down gracefully
+/// (GOAWAY; streams in progress finish): HTTP/1's idle bound is the head clock,
+/// which HTTP/2 does not use after its first request.
 async fn watch_connection(
     events: Arc<ConnectionEvents>,
     clock: Arc<HeadClock>,
     mut stop: watch::Receiver<bool>,
     every: Duration,
+    idle: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut streams, mut since) = (0, tokio::time::Instant::now());
     loop {
         tokio::select! {
             () = stopped(&mut stop), if !events.stopping.load(Ordering::Relaxed) => {
                 events.stopping.store(true, Ordering::Release);
                 events.waker.wake();
             }
-            _ = tick.tick() => {
+            now = tick.tick() => {
                 if clock.expired() {
                     events.expired.store(true, Ordering::Release);
                     events.waker.wake();
                     return;
+                }
+                let seen = clock.h2_streams.load(Ordering::Relaxed);
+                if seen != streams {
+                    (streams, since) = (seen, now);
+                } else if seen > 0
+                    && now.duration_since(since) >= idle
+                    && !events.stopping.load(Ordering::Relaxed)
+                {
+                    events.stopping.store(true, Ordering::Release);
+                    events.waker.wake();
                 }
             }
         }
@@ -304,6 +326,8 @@ struct HeadClock {
     /// Deadline in nanoseconds since `base`; 0 when no head is awaited.
     deadline: AtomicU64,
     first_seen: AtomicBool,
+    /// HTTP/2 streams started (the watcher's sign of an h2 connection's activity).
+    h2_streams: AtomicU64,
 }
 
 impl HeadClock {
@@ -312,6 +336,7 @@ impl HeadClock {
             base: std::time::Instant::now(),
             deadline: AtomicU64::new(0),
             first_seen: AtomicBool::new(false),
+            h2_streams: AtomicU64::new(0),
         };
         clock.arm(clock.base + timeout);
         clock

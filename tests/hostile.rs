@@ -708,3 +708,33 @@ async fn fetches_whose_streams_were_reset_before_they_were_sent_are_never_sent()
     // The four that were sent still filled the cache.
     assert_eq!(proxy.store().len(), 4);
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_its_first_request() {
+    let origin = Origin::start(|_| Reply::ok("x").header("cache-control", "max-age=60")).await;
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.server.header_read_timeout = Duration::from_millis(400);
+        c.server.h2_idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://shop.example/x")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res);
+    // The proxy ends the connection (GOAWAY, then close): the client's side ends.
+    tokio::time::timeout(Duration::from_secs(20), conn)
+        .await
+        .expect("the idle HTTP/2 connection was closed by the proxy")
+        .unwrap()
+        .unwrap();
+}
