@@ -462,52 +462,6 @@ async fn no_heuristic_freshness_for_requests_with_credentials_unless_configured(
     }
 }
 
-/// An origin that answers its first request on a connection with `first` and
-/// then, unasked, writes `then` (a response to no request) on the same connection;
-/// later requests on it get nothing. Every new connection starts over.
-async fn unsolicited_origin(first: &'static str, then: &'static str) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = stream.write_all(first.as_bytes()).await;
-                let _ = stream.write_all(then.as_bytes()).await;
-                // Keep the connection open: only the proxy may close it.
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-#[tokio::test]
-async fn bytes_an_idle_origin_connection_receives_are_never_a_response() {
-    let addr = unsolicited_origin(
-        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nhello",
-        "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nCache-Control: max-age=60\r\n\r\nevil",
-    )
-    .await;
-    let proxy = Proxy::start_url(&format!("http://{addr}"), |_| {}).await;
-    assert_eq!(proxy.get("/one").await.text(), "hello");
-    for path in ["/two", "/three"] {
-        let res = proxy.get(path).await;
-        assert_eq!(res.text(), "hello", "{path}: {}", res.cache_status());
-    }
-}
-
 /// A hyper origin that counts the connections it accepts.
 async fn counting_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     use hyper::service::service_fn;
@@ -737,4 +691,106 @@ async fn an_idle_http2_connection_is_closed_after_its_first_request() {
         .expect("the idle HTTP/2 connection was closed by the proxy")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_pass_through_request_whose_stream_was_reset_is_cancelled() {
+    let gate = gate();
+    let (tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let origin = {
+        let gate = gate.clone();
+        Origin::start(move |req| {
+            let _ = tx.send(());
+            let reply = Reply::ok(format!("{} {}", req.method, req.uri.path()));
+            if req.method == "POST" {
+                reply.gated(&gate)
+            } else {
+                reply
+            }
+        })
+        .await
+    };
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.server.max_origin_requests_per_connection = 1;
+    })
+    .await;
+    let send = h2_connection(proxy.addr).await;
+    let upload = {
+        let mut send = send.clone();
+        tokio::spawn(async move {
+            let req = http::Request::post("http://shop.example/slow")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let _ = send.send_request(req).await;
+        })
+    };
+    // The POST is at the origin, holding the connection's one slot...
+    arrivals.recv().await.unwrap();
+    // ...when its stream is reset: the proxy drops it, and the slot is free again.
+    upload.abort();
+    let _ = upload.await;
+    let mut send = send.clone();
+    let req = http::Request::get("http://shop.example/other")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(20), send.send_request(req))
+        .await
+        .expect("the reset request no longer holds the connection's origin slot")
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "GET /other");
+    open(&gate);
+}
+
+/// An origin that answers its first request on a connection, then writes an
+/// unasked response on it and waits for the proxy to close the connection (it
+/// says when).
+async fn junk_origin(closed: Arc<tokio::sync::Notify>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: no-store\r\n\r\nhello")
+                    .await;
+                // Later, on the idle connection: a response to no request.
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nCache-Control: max-age=60\r\n\r\nevil")
+                    .await;
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                closed.notify_one();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_origin_connection_that_became_readable_while_idle_is_closed_not_reused() {
+    let closed = Arc::new(tokio::sync::Notify::new());
+    let addr = junk_origin(closed.clone()).await;
+    let proxy = Proxy::start_url(&format!("http://{addr}"), |_| {}).await;
+    assert_eq!(proxy.get("/one").await.text(), "hello");
+    // The proxy closes the connection the unasked bytes came on...
+    closed.notified().await;
+    // ...and the next request goes on a new one.
+    assert_eq!(proxy.get("/two").await.text(), "hello");
+    closed.notified().await;
 }
