@@ -568,8 +568,18 @@ async fn gated_origin(
     (origin, arrivals)
 }
 
-#[tokio::test]
-async fn one_connection_has_at_most_its_budget_of_origin_requests_in_flight() {
+/// Twenty GETs for distinct keys under `prefix` on one HTTP/2 connection whose
+/// budget is four origin requests, against a gated origin: returns once sixteen
+/// wait for the budget and four have reached the origin.
+struct OverBudget {
+    gate: Arc<tokio::sync::Semaphore>,
+    origin: Origin,
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<String>,
+    proxy: Proxy,
+    requests: Vec<tokio::task::JoinHandle<Option<Bytes>>>,
+}
+
+async fn twenty_on_a_budget_of_four(prefix: &'static str) -> OverBudget {
     let gate = gate();
     let (origin, mut arrivals) = gated_origin(&gate).await;
     let proxy = Proxy::start_with(&origin, |c| {
@@ -581,14 +591,14 @@ async fn one_connection_has_at_most_its_budget_of_origin_requests_in_flight() {
         .map(|i| {
             let mut send = send.clone();
             tokio::spawn(async move {
-                let req = http::Request::get(format!("http://shop.example/k{i}"))
+                let req = http::Request::get(format!("http://shop.example/{prefix}{i}"))
                     .body(http_body_util::Empty::<Bytes>::new())
                     .unwrap();
-                let res = send.send_request(req).await.unwrap();
-                http_body_util::BodyExt::collect(res.into_body())
+                let res = send.send_request(req).await.ok()?;
+                let body = http_body_util::BodyExt::collect(res.into_body())
                     .await
-                    .unwrap()
-                    .to_bytes()
+                    .ok()?;
+                Some(body.to_bytes())
             })
         })
         .collect();
@@ -600,53 +610,39 @@ async fn one_connection_has_at_most_its_budget_of_origin_requests_in_flight() {
     for _ in 0..4 {
         arrivals.recv().await.unwrap();
     }
+    OverBudget {
+        gate,
+        origin,
+        arrivals,
+        proxy,
+        requests,
+    }
+}
+
+#[tokio::test]
+async fn one_connection_has_at_most_its_budget_of_origin_requests_in_flight() {
+    let mut t = twenty_on_a_budget_of_four("k").await;
     assert!(
-        arrivals.try_recv().is_err(),
+        t.arrivals.try_recv().is_err(),
         "a fifth request reached the origin"
     );
-    open(&gate);
-    for r in requests {
-        assert_eq!(r.await.unwrap(), "x");
+    open(&t.gate);
+    for r in t.requests {
+        assert_eq!(r.await.unwrap().as_deref(), Some(&b"x"[..]));
     }
-    assert_eq!(origin.hits(), 20);
+    assert_eq!(t.origin.hits(), 20);
 }
 
 #[tokio::test]
 async fn fetches_whose_streams_were_reset_before_they_were_sent_are_never_sent() {
-    let gate = gate();
-    let (origin, mut arrivals) = gated_origin(&gate).await;
-    let proxy = Proxy::start_with(&origin, |c| {
-        c.server.max_origin_requests_per_connection = 4;
-    })
-    .await;
-    let send = h2_connection(proxy.addr).await;
-    let requests: Vec<_> = (0..20)
-        .map(|i| {
-            let mut send = send.clone();
-            tokio::spawn(async move {
-                let req = http::Request::get(format!("http://shop.example/r{i}"))
-                    .body(http_body_util::Empty::<Bytes>::new())
-                    .unwrap();
-                let _ = send.send_request(req).await;
-            })
-        })
-        .collect();
-    let mut waits = proxy.running.proxy.budget_waits();
-    tokio::time::timeout(Duration::from_secs(20), waits.wait_for(|n| *n == 16))
-        .await
-        .expect("sixteen fetches wait for the connection's budget")
-        .unwrap();
-    for _ in 0..4 {
-        arrivals.recv().await.unwrap();
-    }
-    // The client resets every stream (and goes away).
-    for r in requests {
+    let t = twenty_on_a_budget_of_four("r").await;
+    // The client resets every stream.
+    for r in t.requests {
         r.abort();
         let _ = r.await;
     }
-    drop(send);
-    open(&gate);
-    let mut activity = proxy.running.proxy.flights().activity();
+    open(&t.gate);
+    let mut activity = t.proxy.running.proxy.flights().activity();
     tokio::time::timeout(
         Duration::from_secs(20),
         activity.wait_for(|a| a.flights == 0),
@@ -655,42 +651,12 @@ async fn fetches_whose_streams_were_reset_before_they_were_sent_are_never_sent()
     .expect("every flight ends")
     .unwrap();
     assert_eq!(
-        origin.hits(),
+        t.origin.hits(),
         4,
         "only the fetches already sent went to the origin"
     );
     // The four that were sent still filled the cache.
-    assert_eq!(proxy.store().len(), 4);
-}
-
-#[tokio::test]
-async fn an_idle_http2_connection_is_closed_after_its_first_request() {
-    let origin = Origin::start(|_| Reply::ok("x").header("cache-control", "max-age=60")).await;
-    let proxy = Proxy::start_with(&origin, |c| {
-        c.server.header_read_timeout = Duration::from_millis(400);
-        c.server.h2_idle_timeout = Duration::from_millis(300);
-    })
-    .await;
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get("http://shop.example/x")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let res = send.send_request(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    drop(res);
-    // The proxy ends the connection (GOAWAY, then close): the client's side ends.
-    tokio::time::timeout(Duration::from_secs(20), conn)
-        .await
-        .expect("the idle HTTP/2 connection was closed by the proxy")
-        .unwrap()
-        .unwrap();
+    assert_eq!(t.proxy.store().len(), 4);
 }
 
 #[tokio::test]
@@ -755,14 +721,10 @@ async fn junk_origin(closed: Arc<tokio::sync::Notify>) -> std::net::SocketAddr {
         while let Ok((mut stream, _)) = listener.accept().await {
             let closed = closed.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut stream).await.is_none() {
+                    return;
                 }
+                let mut buf = [0u8; 4096];
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: no-store\r\n\r\nhello")
                     .await;
@@ -793,4 +755,34 @@ async fn an_origin_connection_that_became_readable_while_idle_is_closed_not_reus
     // ...and the next request goes on a new one.
     assert_eq!(proxy.get("/two").await.text(), "hello");
     closed.notified().await;
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_its_first_request() {
+    let origin = Origin::start(|_| Reply::ok("x").header("cache-control", "max-age=60")).await;
+    let proxy = Proxy::start_with(&origin, |c| {
+        c.server.header_read_timeout = Duration::from_millis(400);
+        c.server.h2_idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://shop.example/x")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res);
+    // The proxy ends the connection (GOAWAY, then close): the client's side ends.
+    tokio::time::timeout(Duration::from_secs(20), conn)
+        .await
+        .expect("the idle HTTP/2 connection was closed by the proxy")
+        .unwrap()
+        .unwrap();
 }

@@ -503,6 +503,20 @@ pub fn closed_port() -> SocketAddr {
     addr
 }
 
+/// Reads from `stream` until a request head has arrived (what came with it
+/// included); `None` if the peer closed first.
+pub async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// An origin that speaks broken HTTP: for every connection it reads the request
 /// head, writes `response` verbatim, closes its sending side and waits for the
 /// peer to close. Counts accepted connections.
@@ -535,14 +549,10 @@ impl RawOrigin {
                 count.fetch_add(1, Ordering::SeqCst);
                 let response = response.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
+                    if read_head(&mut stream).await.is_none() {
+                        return;
                     }
+                    let mut buf = [0u8; 4096];
                     let _ = stream.write_all(&response).await;
                     let _ = stream.shutdown().await;
                     // Drain until the peer closes, so closing never turns into a reset
