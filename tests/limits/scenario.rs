@@ -93,6 +93,7 @@ pub fn rss_mib(pid: u32) -> u64 {
 /// Runs `load` against the real binary at `bin`; panics if anything fails to
 /// answer.
 pub async fn run(bin: &str, load: &Load) -> Report {
+    raise_open_files();
     let origin = origin().await;
     let dir = std::env::temp_dir().join(format!("lacquer-limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -204,5 +205,22 @@ pub async fn run(bin: &str, load: &Load) -> Report {
         start_rss_mib,
         rss_mib,
         keys_per_sec,
+    }
+}
+
+/// Each idle connection is a descriptor here and one in the proxy (which inherits
+/// this limit): raise the soft limit to the hard one.
+fn raise_open_files() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
