@@ -2,8 +2,8 @@
 //! constant time, never logged), scopes, the JSON purge batch with idempotent
 //! request ids and dry runs, stats and health, and the audit log.
 //!
-//! Every route produces a [`Purge`] value and hands it to `Store::purge`: one
-//! function applies purges, whoever asked.
+//! Every purge route only produces a [`Purge`] value and hands it to
+//! `Purger::apply` (purge/purger.rs): one function applies purges, whoever asked.
 //!
 //! Routes (under `/.lacquer/` on the client listener, or at the root of the
 //! dedicated admin listener): `POST /purge`, `GET /stats`, `GET /healthz`.
@@ -20,10 +20,9 @@ use tracing::info;
 
 use crate::body::{self, Body};
 use crate::config::{Operation, Token};
-use crate::key::{self, CacheKey};
+use crate::key::CacheKey;
 use crate::proxy::{ClientInfo, Proxy};
-use crate::purge::Purge;
-use crate::store::PurgeReport;
+use crate::purge::{Purge, Refused, Requester};
 
 /// Largest purge request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
@@ -187,7 +186,7 @@ impl Proxy {
                         )
                     }
                 };
-                self.run_purge(purge, &token, &client, "api")
+                self.purge_answer(purge, None, &token, &client, "api")
             }
             (_, "/healthz" | "/stats" | "/purge" | "/metrics" | "/reload") => {
                 problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -230,117 +229,48 @@ impl Proxy {
             soft,
             ..Purge::default()
         };
-        self.apply_purge(purge, vec![key.clone()], &token, client, "purge-method")
+        self.purge_answer(
+            purge,
+            Some(vec![key.clone()]),
+            &token,
+            client,
+            "purge-method",
+        )
     }
 
-    fn run_purge(
+    /// One purge, from whichever source, through the one function that applies
+    /// purges; its answer rendered for HTTP.
+    fn purge_answer(
         &self,
         purge: Purge,
+        keys: Option<Vec<CacheKey>>,
         token: &Token,
         client: &ClientInfo,
         via: &'static str,
     ) -> Response<Body> {
-        if let Err(message) = purge.validate(self.cfg().admin.max_batch) {
-            return problem(StatusCode::BAD_REQUEST, &message);
-        }
-        let mut keys = Vec::new();
-        for (i, url) in purge.urls.iter().enumerate() {
-            match self.url_key(url) {
-                Some(k) => keys.push(k),
-                None => {
-                    return problem(
-                        StatusCode::BAD_REQUEST,
-                        &format!("urls[{i}] {url:?} is not an absolute http(s) URL"),
-                    )
-                }
-            }
-        }
-        self.apply_purge(purge, keys, token, client, via)
-    }
-
-    /// Scope, idempotency, the purge itself, the audit line.
-    fn apply_purge(
-        &self,
-        purge: Purge,
-        keys: Vec<CacheKey>,
-        token: &Token,
-        client: &ClientInfo,
-        via: &'static str,
-    ) -> Response<Body> {
-        if let Err(message) = scope_check(token, &purge) {
-            info!(target: "lacquer::audit", token = %token.name, via, client = %client.addr.ip(), refused = %message, "purge refused");
-            return problem(StatusCode::FORBIDDEN, &message);
-        }
-        let replay_key = purge
-            .request_id
-            .as_ref()
-            .map(|id| format!("{}\u{0}{id}", token.name));
-        if let Some(k) = &replay_key {
-            if let Some(first) = self.purge_results.get(k) {
-                let mut res = json(StatusCode::OK, &first);
-                res.headers_mut().insert(
-                    "lacquer-idempotent-replay",
-                    HeaderValue::from_static("true"),
-                );
-                return res;
-            }
-        }
-        let report: PurgeReport = self.store.purge(&purge, &keys);
-        if !purge.dry_run {
-            for (op, present) in [
-                ("tag", !purge.tags.is_empty()),
-                ("url", !purge.urls.is_empty()),
-                ("prefix", !purge.prefixes.is_empty()),
-                ("all", purge.all),
-            ] {
-                if present {
-                    self.metrics.purge(op, &token.name, purge.soft);
-                }
-            }
-            // Requests after the purge must not join a fetch that began before it.
-            self.flights.detach_all();
-        }
-        let body = serde_json::json!({
-            "request_id": purge.request_id,
-            "token": token.name,
-            "report": report,
-        });
-        info!(
-            target: "lacquer::audit",
-            token = %token.name,
+        let cfg = self.cfg();
+        let requester = Requester {
+            token,
+            client: client.addr.ip(),
             via,
-            client = %client.addr.ip(),
-            tags = ?purge.tags,
-            urls = ?purge.urls,
-            prefixes = ?purge.prefixes,
-            all = purge.all,
-            soft = purge.soft,
-            dry_run = purge.dry_run,
-            request_id = purge.request_id.as_deref().unwrap_or(""),
-            counts = %serde_json::to_string(&report).unwrap_or_default(),
-            generation = report.generation,
-            "purge"
-        );
-        if purge.all && !purge.dry_run {
-            tracing::warn!(target: "lacquer::audit", token = %token.name, "BREAK-GLASS: everything purged");
-        }
-        let body = Arc::new(body);
-        if let Some(k) = replay_key {
-            if !purge.dry_run {
-                self.purge_results.insert(k, body.clone());
+        };
+        match self
+            .purger
+            .apply(purge, keys, &cfg.key_rules, cfg.admin.max_batch, &requester)
+        {
+            Ok(applied) => {
+                let mut res = json(StatusCode::OK, &applied.answer);
+                if applied.replayed {
+                    res.headers_mut().insert(
+                        "lacquer-idempotent-replay",
+                        HeaderValue::from_static("true"),
+                    );
+                }
+                res
             }
+            Err(Refused::Invalid(message)) => problem(StatusCode::BAD_REQUEST, &message),
+            Err(Refused::OutOfScope(message)) => problem(StatusCode::FORBIDDEN, &message),
         }
-        json(StatusCode::OK, &body)
-    }
-
-    /// The key of an absolute URL, as a plain request for it would have.
-    fn url_key(&self, url: &str) -> Option<CacheKey> {
-        let uri: Uri = url.parse().ok()?;
-        let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
-        let host = key::normalize_host(uri.authority()?.as_str(), scheme);
-        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-        // No request: no keyed header or cookie values.
-        Some(self.key_for(scheme, &host, pq, &http::HeaderMap::new()))
     }
 
     fn refresh_gauges(&self) {
@@ -385,57 +315,4 @@ impl Proxy {
             "origins": origins,
         })
     }
-}
-
-/// Is every item of the purge within the token's scope? The message says which not.
-fn scope_check(token: &Token, purge: &Purge) -> Result<(), String> {
-    let can = |op: Operation| token.operations.contains(&op);
-    if purge.all && !can(Operation::All) {
-        return Err(format!(
-            "token `{}` may not purge everything (break-glass scope)",
-            token.name
-        ));
-    }
-    for t in &purge.tags {
-        if !can(Operation::Tag) {
-            return Err(format!("token `{}` may not purge by tag", token.name));
-        }
-        if !token.tags.is_empty() && !token.tags.iter().any(|p| p.matches(t)) {
-            return Err(format!(
-                "tag {t:?} is outside the scope of token `{}`",
-                token.name
-            ));
-        }
-    }
-    let host_ok = |h: &str| token.hosts.is_empty() || token.hosts.iter().any(|x| x == h);
-    for u in &purge.urls {
-        if !can(Operation::Url) {
-            return Err(format!("token `{}` may not purge by URL", token.name));
-        }
-        let host = u.parse::<Uri>().ok().and_then(|u| {
-            let scheme = u.scheme_str().unwrap_or("http").to_string();
-            u.authority()
-                .map(|a| key::normalize_host(a.as_str(), &scheme).into_owned())
-        });
-        if !host.as_deref().is_some_and(host_ok) {
-            return Err(format!(
-                "URL {u:?} is outside the hosts of token `{}`",
-                token.name
-            ));
-        }
-    }
-    for p in &purge.prefixes {
-        if !can(Operation::Prefix) {
-            return Err(format!("token `{}` may not purge by prefix", token.name));
-        }
-        let norm = crate::purge::normalize_prefix(p);
-        let host = norm.split('/').next().unwrap_or("");
-        if !host_ok(host) {
-            return Err(format!(
-                "prefix {p:?} is outside the hosts of token `{}`",
-                token.name
-            ));
-        }
-    }
-    Ok(())
 }

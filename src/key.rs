@@ -513,6 +513,18 @@ pub fn primary_key(
     CacheKey::new(full)
 }
 
+/// The key of an absolute http(s) URL, as a plain request for it would have (no
+/// keyed header or cookie values): what a purge by URL invalidates.
+pub fn url_key(rules: &KeyRules, url: &str) -> Option<CacheKey> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
+    let host = normalize_host(uri.authority()?.as_str(), scheme);
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = pq.split('?').next().unwrap_or("/");
+    let rule = rules.rule_for(&host, path);
+    Some(primary_key(rule, scheme, &host, pq, &HeaderMap::new()))
+}
+
 /// The header names a response varies on (lowercased by `HeaderName`, deduplicated,
 /// in order). `None` for `Vary: *`, which matches no request (§4.1).
 pub fn vary_names(res: &HeaderMap) -> Option<Vec<HeaderName>> {

@@ -73,8 +73,8 @@ pub struct Proxy {
     /// Keys whose responses could not be shared recently (hit-for-miss).
     pub(crate) uncacheable: moka::sync::Cache<u128, ()>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
-    /// Results of recent purges by (token, request_id), for idempotent replays.
-    pub(crate) purge_results: moka::sync::Cache<String, Arc<serde_json::Value>>,
+    /// Applies every purge (purge/purger.rs).
+    pub(crate) purger: crate::purge::Purger,
     /// Origin requests waiting for their client connection's budget, observable.
     budget_waits: tokio::sync::watch::Sender<usize>,
 }
@@ -257,23 +257,21 @@ impl Proxy {
                     .max(std::time::Duration::from_millis(1)),
             )
             .build();
-        let purge_results = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(
-                settings
-                    .admin
-                    .request_id_window
-                    .max(std::time::Duration::from_millis(1)),
-            )
-            .build();
+        let flights = Arc::new(Flights::default());
+        let purger = crate::purge::Purger::new(
+            store.clone(),
+            flights.clone(),
+            metrics.clone(),
+            settings.admin.request_id_window,
+        );
         Arc::new(Proxy {
             metrics,
-            purge_results,
+            purger,
             reloader: std::sync::Mutex::new(None),
             config: arc_swap::ArcSwap::from_pointee(settings),
             store,
             origins,
-            flights: Arc::new(Flights::default()),
+            flights,
             uncacheable,
             budget_waits: tokio::sync::watch::channel(0).0,
         })

@@ -18,8 +18,12 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
+mod purger;
+
+pub use purger::{Applied, Purger, Refused, Requester};
+
 /// What to invalidate, how, and who asked: produced by the admin API, the `PURGE`
-/// method and the CLI alike, applied by one function (`Store::purge`).
+/// method and the CLI alike, applied by one function ([`Purger::apply`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Purge {
