@@ -694,27 +694,18 @@ impl Proxy {
     }
 
     /// A waiter whose request does not select the variant that came back: look again
-    /// (another flight may have stored its variant), else fetch on its own.
+    /// (another flight may have stored its variant), deciding reuse as any request
+    /// does (`Proxy::cached`), else fetch on its own.
     async fn reevaluate(self: &Arc<Self>, job: &Job) -> Response<Body> {
-        if let crate::store::Lookup::Hit(entry) = self.store.lookup(&job.ctx.key, &job.ctx.headers)
-        {
-            let now = SystemTime::now();
-            let age = entry.age(now);
-            if freshness::reuse(
-                age,
-                entry.lifetime(),
-                &entry.directives.get(),
-                &job.ctx.req_dirs,
-                &self.cfg().policy,
-            ) == freshness::Reuse::Fresh
-            {
-                return self.serve_stored(&job.ctx, &entry, Outcome::Hit { stale: false }, now);
-            }
-        }
+        let decided = self.cached(&job.ctx, &self.cfg());
+        let (stale, fwd) = match decided {
+            Ok(res) => return res,
+            Err(forward) => forward,
+        };
         let own = Job {
             ctx: job.ctx.clone(),
-            stale: None,
-            fwd: Fwd::VaryMiss,
+            stale,
+            fwd,
             interest: None,
         };
         let res = Box::pin(self.direct(&own)).await;

@@ -569,8 +569,9 @@ impl Proxy {
 
     /// GET and HEAD: the answer from the store when there is one (or a 504 for
     /// only-if-cached); otherwise what going forward needs: the stored response to
-    /// validate, if any, and why.
-    fn cached(
+    /// validate, if any, and why. The one place that decides reuse (a waiter whose
+    /// variant did not come back decides here too).
+    pub(crate) fn cached(
         self: &Arc<Self>,
         ctx: &Ctx,
         cfg: &Settings,
