@@ -26,7 +26,7 @@ use crate::freshness::{self, NotStored};
 use crate::key::{self, Variant};
 use crate::origin::{OriginBody, Upstream};
 use crate::outcome::{Fwd, Outcome};
-use crate::proxy::{content_length, plain, response, Ctx, Proxy, CACHE_STATUS};
+use crate::proxy::{content_length, response, Ctx, Proxy, Sent, CACHE_STATUS};
 use crate::store::{Fetched, StoredResponse};
 
 /// One trip to the origin on behalf of a request (and whoever waits on it).
@@ -146,7 +146,7 @@ impl Proxy {
                     }
                     Err(e) => {
                         warn!(error = %e, "fetch task failed");
-                        self.error_response(job, StatusCode::BAD_GATEWAY, "fetch-failed")
+                        self.error_answer(StatusCode::BAD_GATEWAY, "fetch-failed", job.fwd)
                     }
                 }
             }
@@ -154,9 +154,9 @@ impl Proxy {
                 self.metrics.coalesced_waiters.inc();
                 match tokio::time::timeout(self.cfg().coalesce_wait, waiter.result()).await {
                     Ok(Some(shared)) => self.answer_shared(job, shared, true).await,
-                    Ok(None) => self.error_response(job, StatusCode::BAD_GATEWAY, "fetch-failed"),
+                    Ok(None) => self.error_answer(StatusCode::BAD_GATEWAY, "fetch-failed", job.fwd),
                     Err(_) => {
-                        self.error_response(job, StatusCode::GATEWAY_TIMEOUT, "coalesce-timeout")
+                        self.error_answer(StatusCode::GATEWAY_TIMEOUT, "coalesce-timeout", job.fwd)
                     }
                 }
             }
@@ -195,30 +195,22 @@ impl Proxy {
 
     async fn range_pass(&self, ctx: &Ctx) -> Response<Body> {
         let build = |up: &Upstream| self.origin_request(up, ctx, ctx.method.clone(), body::empty());
-        let slot = self.origin_slot(&ctx.client).await;
-        let sent = std::time::Instant::now();
-        let origins = self.origins();
-        let result = origins.send(build, true).await;
-        drop(slot);
-        ctx.record_origin_time(sent);
-        match result {
-            Ok((res, _)) => {
+        match self.to_origin(ctx, build, true, None).await {
+            Sent::Answered(res) => {
                 let (mut parts, rbody) = res.into_parts();
                 self.clean_origin_headers(&mut parts.headers, SystemTime::now());
-                let outcome = Outcome::Forward {
-                    fwd: Fwd::Partial,
-                    fwd_status: parts.status.as_u16(),
-                    stored: false,
-                    not_stored: Some(NotStored::Range),
-                    collapsed: false,
-                };
+                let outcome =
+                    Outcome::forwarded(Fwd::Partial, parts.status.as_u16(), Some(NotStored::Range));
                 self.finish(
                     response(parts.status, parts.headers, body::boxed(rbody)),
                     &outcome,
                     None,
                 )
             }
-            Err(e) => self.origin_error(ctx, e, Fwd::Partial),
+            Sent::Failed(e) => self.origin_error(ctx, e, Fwd::Partial),
+            Sent::Abandoned => {
+                self.error_answer(StatusCode::BAD_GATEWAY, "abandoned", Fwd::Partial)
+            }
         }
     }
 
@@ -252,24 +244,21 @@ impl Proxy {
         let fetched_gen = self.store.generation();
         let request_time = SystemTime::now();
         // GET without a body can be rebuilt: one retry on a connection failure.
-        let slot = self.origin_slot(&ctx.client).await;
-        if job.interest.as_ref().is_some_and(|i| !i.wanted()) {
-            debug!(key = %ctx.key.full, "fetch abandoned before it was sent: nobody waits for it");
-            return Exchange::Failed {
-                status: StatusCode::BAD_GATEWAY,
-                detail: "abandoned",
-                down: false,
-                response: None,
-            };
-        }
-        let sent = std::time::Instant::now();
-        let origins = self.origins();
-        let result = origins.send(build, true).await;
-        drop(slot);
-        ctx.record_origin_time(sent);
-        let res = match result {
-            Ok((res, _)) => res,
-            Err(e) => {
+        let res = match self
+            .to_origin(ctx, build, true, job.interest.as_deref())
+            .await
+        {
+            Sent::Answered(res) => res,
+            Sent::Abandoned => {
+                debug!(key = %ctx.key.full, "fetch abandoned before it was sent: nobody waits for it");
+                return Exchange::Failed {
+                    status: StatusCode::BAD_GATEWAY,
+                    detail: "abandoned",
+                    down: false,
+                    response: None,
+                };
+            }
+            Sent::Failed(e) => {
                 warn!(request_id = ctx.request_id, host = %ctx.host(), uri = %ctx.uri, error = %e, "origin request failed");
                 return Exchange::Failed {
                     status: e.kind.status(),
@@ -465,13 +454,8 @@ impl Proxy {
                     // The requester gets the origin's own error page unless stale
                     // content may stand in for it.
                     Some(res) if !self.stale_if_error_allows(job, down) => {
-                        let outcome = Outcome::Forward {
-                            fwd: job.fwd,
-                            fwd_status: status.as_u16(),
-                            stored: false,
-                            not_stored: Some(NotStored::Status),
-                            collapsed: false,
-                        };
+                        let outcome =
+                            Outcome::forwarded(job.fwd, status.as_u16(), Some(NotStored::Status));
                         Own::Response(self.respond_fresh(ctx, res, &outcome, None))
                     }
                     _ => Own::Shared(shared),
@@ -497,13 +481,7 @@ impl Proxy {
                             self.uncacheable.insert(ctx.key.digest, ());
                         }
                         publish(Shared::Uncacheable(reason));
-                        let outcome = Outcome::Forward {
-                            fwd: job.fwd,
-                            fwd_status: 304,
-                            stored: false,
-                            not_stored: Some(reason),
-                            collapsed: false,
-                        };
+                        let outcome = Outcome::forwarded(job.fwd, 304, Some(reason));
                         Own::Response(self.serve_stored(ctx, &updated, outcome, SystemTime::now()))
                     }
                 }
@@ -521,13 +499,7 @@ impl Proxy {
                     self.uncacheable.insert(ctx.key.digest, ());
                 }
                 publish(Shared::Uncacheable(reason));
-                let outcome = Outcome::Forward {
-                    fwd: job.fwd,
-                    fwd_status: status.as_u16(),
-                    stored: false,
-                    not_stored: Some(reason),
-                    collapsed: false,
-                };
+                let outcome = Outcome::forwarded(job.fwd, status.as_u16(), Some(reason));
                 Own::Response(self.respond_fresh(ctx, response, &outcome, None))
             }
             Exchange::Storable { entry, body, len } => {
@@ -688,7 +660,7 @@ impl Proxy {
                     };
                     return self.serve_stored(ctx, stale, outcome, SystemTime::now());
                 }
-                self.error_response(job, status, detail)
+                self.error_answer(status, detail, job.fwd)
             }
         }
     }
@@ -772,27 +744,5 @@ impl Proxy {
         }
         let age = stale.age(SystemTime::now());
         age < stale.lifetime() || freshness::within_stale_window(age, stale.lifetime(), window)
-    }
-
-    fn error_response(
-        &self,
-        job: &Job,
-        status: StatusCode,
-        detail: &'static str,
-    ) -> Response<Body> {
-        let text = format!(
-            "{} {}: {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            detail
-        );
-        self.finish(
-            plain(status, &text),
-            &Outcome::OriginError {
-                fwd: job.fwd,
-                detail,
-            },
-            None,
-        )
     }
 }

@@ -88,6 +88,17 @@ impl Outcome {
         }
     }
 
+    /// A forward that stored nothing (`not_stored` says why, when there is a why).
+    pub fn forwarded(fwd: Fwd, fwd_status: u16, not_stored: Option<NotStored>) -> Outcome {
+        Outcome::Forward {
+            fwd,
+            fwd_status,
+            stored: false,
+            not_stored,
+            collapsed: false,
+        }
+    }
+
     /// Our member of the `Cache-Status` list, e.g. `lacquer; fwd=uri-miss; fwd-status=200; stored; ttl=60`.
     /// `ttl` is the remaining freshness of what is (now) stored, in seconds.
     pub fn cache_status(&self, cache_name: &str, ttl: Option<i64>) -> String {

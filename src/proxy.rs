@@ -172,6 +172,14 @@ fn closing(mut res: Response<Body>) -> Response<Body> {
     res
 }
 
+/// What became of a request sent to the origins ([`Proxy::to_origin`]).
+pub(crate) enum Sent {
+    Answered(Response<crate::origin::OriginBody>),
+    Failed(OriginError),
+    /// Not sent: nobody waited for it any more.
+    Abandoned,
+}
+
 fn answered(res: Response<Body>) -> Answer {
     Either::Left(ready(Ok(res)))
 }
@@ -381,6 +389,32 @@ impl Proxy {
         let permit = budget.acquire_owned().await.ok();
         self.budget_waits.send_modify(|n| *n -= 1);
         permit
+    }
+
+    /// Goes to the origins with one request (`build` makes it for the origin
+    /// chosen; `retry`: it may be sent again if it never left), within the client
+    /// connection's budget, and records how long the answer's head took. A flight's
+    /// fetch that nobody wants any more once it has its slot is not sent.
+    pub(crate) async fn to_origin(
+        &self,
+        ctx: &Ctx,
+        build: impl FnMut(&Upstream) -> Option<Request<Body>>,
+        retry: bool,
+        interest: Option<&crate::coalesce::Interest>,
+    ) -> Sent {
+        let slot = self.origin_slot(&ctx.client).await;
+        if interest.is_some_and(|i| !i.wanted()) {
+            return Sent::Abandoned;
+        }
+        let sent = std::time::Instant::now();
+        let origins = self.origins();
+        let result = origins.send(build, retry).await;
+        drop(slot);
+        ctx.record_origin_time(sent);
+        match result {
+            Ok((res, _)) => Sent::Answered(res),
+            Err(e) => Sent::Failed(e),
+        }
     }
 
     /// The coalescing state (flights in progress, waiters).
@@ -673,15 +707,12 @@ impl Proxy {
             body.take()
                 .and_then(|b| self.origin_request(up, ctx, method.clone(), b))
         };
-        let slot = self.origin_slot(&ctx.client).await;
-        let sent = std::time::Instant::now();
-        let origins = self.origins();
-        let res = origins.send(build, false).await;
-        drop(slot);
-        ctx.record_origin_time(sent);
-        let res = match res {
-            Ok((res, _)) => res,
-            Err(e) => return self.origin_error(ctx, e, Fwd::Method),
+        let res = match self.to_origin(ctx, build, false, None).await {
+            Sent::Answered(res) => res,
+            Sent::Failed(e) => return self.origin_error(ctx, e, Fwd::Method),
+            Sent::Abandoned => {
+                return self.error_answer(StatusCode::BAD_GATEWAY, "abandoned", Fwd::Method)
+            }
         };
         let (mut rparts, rbody) = res.into_parts();
         self.clean_origin_headers(&mut rparts.headers, SystemTime::now());
@@ -700,13 +731,7 @@ impl Proxy {
                 }
             }
         }
-        let outcome = Outcome::Forward {
-            fwd: Fwd::Method,
-            fwd_status: status.as_u16(),
-            stored: false,
-            not_stored: None,
-            collapsed: false,
-        };
+        let outcome = Outcome::forwarded(Fwd::Method, status.as_u16(), None);
         self.finish(
             response(status, rparts.headers, body::boxed(rbody)),
             &outcome,
@@ -998,19 +1023,26 @@ impl Proxy {
 
     pub(crate) fn origin_error(&self, ctx: &Ctx, e: OriginError, fwd: Fwd) -> Response<Body> {
         warn!(method = %ctx.method, host = %ctx.host(), uri = %ctx.uri, error = %e, "origin request failed");
-        let status = e.kind.status();
+        self.error_answer(e.kind.status(), e.kind.as_str(), fwd)
+    }
+
+    /// The one answer for an origin request that failed (or never went): plain
+    /// text naming the status and the detail, and `Cache-Status` saying the same.
+    pub(crate) fn error_answer(
+        &self,
+        status: StatusCode,
+        detail: &'static str,
+        fwd: Fwd,
+    ) -> Response<Body> {
         let text = format!(
             "{} {}: {}\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
-            e.kind.as_str()
+            detail
         );
         self.finish(
             plain(status, &text),
-            &Outcome::OriginError {
-                fwd,
-                detail: e.kind.as_str(),
-            },
+            &Outcome::OriginError { fwd, detail },
             None,
         )
     }
