@@ -62,6 +62,8 @@ struct Counting;
 
 static LIVE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+#[allow(unsafe_code)]
+// SAFETY: every call forwards to the system allocator with the same layout.
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);

@@ -3,6 +3,8 @@
 //! See ARCHITECTURE.md at the top of the repository for the map of modules and the
 //! life of a request.
 
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod body;
 pub mod cli;

@@ -18,6 +18,7 @@ struct Mimalloc;
 /// Every mimalloc block is aligned to a word, whatever its size.
 const WORD: usize = std::mem::size_of::<usize>();
 
+#[allow(unsafe_code)]
 // SAFETY: each function passes the layout's size, and its alignment whenever it is
 // above a word, to the mimalloc function of the same contract; `mi_free` takes
 // blocks from either kind of allocation.

@@ -91,7 +91,18 @@ impl OriginErrorKind {
 pub struct OriginError {
     pub kind: OriginErrorKind,
     pub origin: String,
+    /// What went wrong, with the causes' texts (for logs).
     pub message: String,
+    /// The client's error, when there was one.
+    pub source: Option<hyper_util::client::legacy::Error>,
+}
+
+impl std::error::Error for OriginError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl std::fmt::Display for OriginError {
@@ -198,6 +209,7 @@ impl Upstream {
             kind,
             origin: self.settings.name.clone(),
             message,
+            source: None,
         }
     }
 
@@ -248,7 +260,9 @@ impl Upstream {
                     (true, false) => OriginErrorKind::Unreachable,
                     (false, _) => OriginErrorKind::Protocol,
                 };
-                Err(self.error(kind, message))
+                let mut error = self.error(kind, message);
+                error.source = Some(e);
+                Err(error)
             }
         }
     }
@@ -351,6 +365,7 @@ impl Origins {
                 kind: OriginErrorKind::Unhealthy,
                 origin: name,
                 message: "every origin is failing its health check".into(),
+                source: None,
             });
         };
         let attempts = if retry { 2 } else { 1 };
@@ -383,6 +398,7 @@ impl Origins {
             kind: OriginErrorKind::Protocol,
             origin: first.settings.name.clone(),
             message: "request could not be built".into(),
+            source: None,
         }))
     }
 

@@ -444,6 +444,7 @@ async fn sweeper(proxy: Arc<Proxy>) {
 /// request path waits on.
 fn lowest_priority() {
     #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
     // SAFETY: plain system calls on the calling thread, no pointers involved.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;

@@ -210,6 +210,7 @@ pub async fn run(bin: &str, load: &Load) -> Report {
 
 /// Each idle connection is a descriptor here and one in the proxy (which inherits
 /// this limit): raise the soft limit to the hard one.
+#[allow(unsafe_code)]
 fn raise_open_files() {
     // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
     unsafe {
