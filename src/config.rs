@@ -670,6 +670,35 @@ pub struct Settings {
     pub generation: u64,
 }
 
+impl Settings {
+    /// For a reload: the settings only a restart can change (listeners, limits fixed
+    /// when a connection or the store is set up). Each one that this new
+    /// configuration changes from `old` keeps its old value here, and its key is
+    /// returned.
+    pub fn keep_restart_only(&mut self, old: &Settings) -> Vec<String> {
+        let mut changed = Vec::new();
+        macro_rules! keep {
+            ($($field:ident).+, $name:expr) => {
+                if self.$($field).+ != old.$($field).+ {
+                    changed.push($name.to_string());
+                    self.$($field).+ = old.$($field).+.clone();
+                }
+            };
+        }
+        keep!(listen, "server.listen");
+        keep!(header_read_timeout, "server.header_read_timeout");
+        keep!(max_header_bytes, "server.max_header_bytes");
+        keep!(h2_max_streams, "server.h2_max_streams");
+        keep!(max_size, "cache.max_size");
+        keep!(max_variants, "cache.max_variants");
+        keep!(uncacheable_ttl, "cache.uncacheable_ttl");
+        keep!(admin.listen, "admin.listen");
+        keep!(admin.request_id_window, "admin.request_id_window");
+        keep!(admin.read_timeout, "admin.read_timeout");
+        changed
+    }
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -1285,6 +1314,26 @@ mod tests {
         assert_eq!(s.origins[0].authority.as_str(), "127.0.0.1:9000");
         assert_eq!(s.origins[0].base_path, "/base");
         assert_eq!(s.max_size, 256 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_restart_only_settings_and_names_them() {
+        let mut file = ConfigFile::default();
+        file.origins.push(OriginSection {
+            url: "http://a".into(),
+            ..OriginSection::default()
+        });
+        let old = Settings::from_file(file.clone()).unwrap();
+        file.cache.max_size = ByteSize::mib(512);
+        file.admin.read_timeout = Duration::from_secs(3);
+        file.cache.coalesce_wait = Duration::from_secs(2);
+        let mut new = Settings::from_file(file).unwrap();
+        let changed = new.keep_restart_only(&old);
+        assert_eq!(changed, ["cache.max_size", "admin.read_timeout"]);
+        assert_eq!(new.max_size, old.max_size);
+        assert_eq!(new.admin.read_timeout, old.admin.read_timeout);
+        assert_eq!(new.coalesce_wait, Duration::from_secs(2), "applied at once");
+        assert!(new.clone().keep_restart_only(&new).is_empty());
     }
 
     #[test]

@@ -327,30 +327,7 @@ impl Proxy {
     /// old values and are reported.
     pub fn reload(&self, mut new: Settings) -> ReloadReport {
         let old = self.cfg();
-        let mut restart_required = Vec::new();
-        macro_rules! keep {
-            ($field:ident, $name:expr) => {
-                if new.$field != old.$field {
-                    restart_required.push($name.to_string());
-                    new.$field = old.$field.clone();
-                }
-            };
-        }
-        keep!(listen, "server.listen");
-        keep!(header_read_timeout, "server.header_read_timeout");
-        keep!(max_header_bytes, "server.max_header_bytes");
-        keep!(h2_max_streams, "server.h2_max_streams");
-        keep!(max_size, "cache.max_size");
-        keep!(max_variants, "cache.max_variants");
-        keep!(uncacheable_ttl, "cache.uncacheable_ttl");
-        if new.admin.listen != old.admin.listen {
-            restart_required.push("admin.listen".into());
-            new.admin.listen = old.admin.listen;
-        }
-        if new.admin.request_id_window != old.admin.request_id_window {
-            restart_required.push("admin.request_id_window".into());
-            new.admin.request_id_window = old.admin.request_id_window;
-        }
+        let restart_required = new.keep_restart_only(&old);
         let origins_changed = new.file.origins != old.file.origins;
         if origins_changed {
             let origins = Origins::new(&new.origins, self.metrics.clone());
