@@ -88,6 +88,75 @@ fn uncacheable_for_everyone(reason: NotStored) -> bool {
     )
 }
 
+/// How the cache takes an origin's answer to a GET, before its body arrives.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Class {
+    /// 304 to our validation: the stored entry is refreshed (RFC 9111 §4.3.4).
+    NotModified,
+    /// 5xx: a failure, for which stale content may stand in (RFC 5861 §4).
+    ServerError,
+    /// May be stored, with these directives, freshness lifetime and Vary names.
+    Storable {
+        dirs: Directives,
+        lifetime: std::time::Duration,
+        names: Vec<http::HeaderName>,
+    },
+    NotStorable(NotStored),
+}
+
+/// Classifies an origin's answer (pure): a 304 to a validation, a server error, or
+/// storable unless RFC 9111 §3 forbids it, its declared length is over
+/// `limits.0` (`max_object_size`), or it varies on a per-user field the route's
+/// Vary rules (`limits.1`) do not allow.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn classify(
+    req_headers: &HeaderMap,
+    req_dirs: &Directives,
+    validating: bool,
+    status: StatusCode,
+    res_headers: &HeaderMap,
+    response_time: SystemTime,
+    policy: &freshness::Policy,
+    limits: (u64, &crate::vary::VaryRules),
+) -> Class {
+    if status == StatusCode::NOT_MODIFIED && validating {
+        return Class::NotModified;
+    }
+    if status.is_server_error() {
+        return Class::ServerError;
+    }
+    let (dirs, targeted) = freshness::effective_directives(res_headers, policy);
+    let (lifetime, _) =
+        freshness::freshness_lifetime(status, res_headers, &dirs, targeted, response_time, policy);
+    let names = key::vary_names(res_headers).unwrap_or_default();
+    let verdict = freshness::storable(
+        req_headers,
+        req_dirs,
+        status,
+        res_headers,
+        &dirs,
+        lifetime,
+        policy,
+    )
+    .and_then(|()| match content_length(res_headers) {
+        Some(n) if n > limits.0 => Err(NotStored::TooLarge),
+        _ => Ok(()),
+    })
+    // Vary on Cookie/Authorization/User-Agent: one copy per user; only if allowed.
+    .and_then(|()| match limits.1.refused(&names) {
+        Some(_) => Err(NotStored::VaryPrivate),
+        None => Ok(()),
+    });
+    match verdict {
+        Ok(()) => Class::Storable {
+            dirs,
+            lifetime,
+            names,
+        },
+        Err(reason) => Class::NotStorable(reason),
+    }
+}
+
 impl Proxy {
     /// GET/HEAD that must go forward: coalesced with concurrent requests for the key,
     /// unless the key is known to be uncacheable (then straight to the origin).
@@ -273,8 +342,19 @@ impl Proxy {
         self.clean_origin_headers(&mut rparts.headers, response_time);
         let status = rparts.status;
 
-        if status == StatusCode::NOT_MODIFIED {
-            if let Some(stale) = &job.stale {
+        let rule = cfg.key_rules.rule_for(ctx.host_norm(), ctx.uri.path());
+        let class = classify(
+            &ctx.headers,
+            &ctx.req_dirs,
+            job.stale.is_some(),
+            status,
+            &rparts.headers,
+            response_time,
+            policy,
+            (cfg.max_object_size, &rule.vary),
+        );
+        let (dirs, lifetime, names) = match (class, &job.stale) {
+            (Class::NotModified, Some(stale)) => {
                 let mut updated =
                     self.refreshed(ctx, stale, &rparts.headers, request_time, response_time);
                 updated.fetched_gen = fetched_gen;
@@ -290,77 +370,62 @@ impl Proxy {
                 );
                 return Exchange::NotModified { updated, verdict };
             }
-        }
-        if status.is_server_error() {
-            warn!(request_id = ctx.request_id, host = %ctx.host(), uri = %ctx.uri, status = status.as_u16(), "origin answered with a server error");
-            let res = response(status, rparts.headers, body::boxed(rbody));
-            return Exchange::Failed {
-                status,
-                detail: "origin-5xx",
-                down: false,
-                response: Some(res),
-            };
-        }
-
-        let (dirs, targeted) = freshness::effective_directives(&rparts.headers, policy);
-        let (lifetime, _) = freshness::freshness_lifetime(
-            status,
-            &rparts.headers,
-            &dirs,
-            targeted,
-            response_time,
-            policy,
-        );
-        let len = content_length(&rparts.headers);
-        let names = key::vary_names(&rparts.headers).unwrap_or_default();
-        let rule = cfg.key_rules.rule_for(ctx.host_norm(), ctx.uri.path());
-        let verdict = freshness::storable(
-            &ctx.headers,
-            &ctx.req_dirs,
-            status,
-            &rparts.headers,
-            &dirs,
-            lifetime,
-            policy,
-        )
-        .and_then(|()| match len {
-            Some(n) if n > cfg.max_object_size => Err(NotStored::TooLarge),
-            _ => Ok(()),
-        })
-        // Vary on Cookie/Authorization/User-Agent: one copy per user; only if allowed.
-        .and_then(|()| match rule.vary.refused(&names) {
-            Some(_) => Err(NotStored::VaryPrivate),
-            None => Ok(()),
-        });
-        match verdict {
-            Err(reason) => Exchange::NotStorable {
-                response: response(status, rparts.headers, body::boxed(rbody)),
-                status,
-                reason,
-            },
-            Ok(()) => {
-                let corrected_initial_age =
-                    freshness::corrected_initial_age(&rparts.headers, request_time, response_time);
-                let mut headers = rparts.headers;
-                headers.remove(AGE);
-                let tags = self.tags_of(ctx, &headers);
-                let entry = Fetched {
+            (Class::ServerError, _) => {
+                warn!(request_id = ctx.request_id, host = %ctx.host(), uri = %ctx.uri, status = status.as_u16(), "origin answered with a server error");
+                let res = response(status, rparts.headers, body::boxed(rbody));
+                return Exchange::Failed {
                     status,
-                    headers: headers.into(),
-                    body: Bytes::new(),
-                    born: freshness::Born::new(response_time, corrected_initial_age),
-                    lifetime,
-                    directives: dirs.into(),
-                    variant: Variant::of(&ctx.headers, &names),
-                    tags,
-                    fetched_gen,
+                    detail: "origin-5xx",
+                    down: false,
+                    response: Some(res),
                 };
-                Exchange::Storable {
-                    entry,
-                    body: rbody,
-                    len,
+            }
+            (Class::NotStorable(reason), _) => {
+                return Exchange::NotStorable {
+                    response: response(status, rparts.headers, body::boxed(rbody)),
+                    status,
+                    reason,
                 }
             }
+            // `classify` gives `NotModified` only to a validation; were it not one,
+            // a 304 is not a status to store.
+            (Class::NotModified, None) => {
+                return Exchange::NotStorable {
+                    response: response(status, rparts.headers, body::boxed(rbody)),
+                    status,
+                    reason: NotStored::Status,
+                }
+            }
+            (
+                Class::Storable {
+                    dirs,
+                    lifetime,
+                    names,
+                },
+                _,
+            ) => (dirs, lifetime, names),
+        };
+        let len = content_length(&rparts.headers);
+        let corrected_initial_age =
+            freshness::corrected_initial_age(&rparts.headers, request_time, response_time);
+        let mut headers = rparts.headers;
+        headers.remove(AGE);
+        let tags = self.tags_of(ctx, &headers);
+        let entry = Fetched {
+            status,
+            headers: headers.into(),
+            body: Bytes::new(),
+            born: freshness::Born::new(response_time, corrected_initial_age),
+            lifetime,
+            directives: dirs.into(),
+            variant: Variant::of(&ctx.headers, &names),
+            tags,
+            fetched_gen,
+        };
+        Exchange::Storable {
+            entry,
+            body: rbody,
+            len,
         }
     }
 
@@ -744,5 +809,122 @@ impl Proxy {
         }
         let age = stale.age(SystemTime::now());
         age < stale.lifetime() || freshness::within_stale_window(age, stale.lifetime(), window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn class(status: u16, validating: bool, res: &[(&str, &str)], req: &[(&str, &str)]) -> Class {
+        let req = headers(req);
+        classify(
+            &req,
+            &Directives::from_cache_control(&req),
+            validating,
+            StatusCode::from_u16(status).unwrap(),
+            &headers(res),
+            SystemTime::now(),
+            &freshness::Policy::default(),
+            (1000, &crate::vary::VaryRules::default()),
+        )
+    }
+
+    fn not_stored(c: Class) -> Option<NotStored> {
+        match c {
+            Class::NotStorable(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn origin_answers_are_classified() {
+        let fresh = [("cache-control", "max-age=60")];
+        assert_eq!(class(304, true, &[], &[]), Class::NotModified);
+        assert_eq!(
+            not_stored(class(304, false, &[], &[])),
+            Some(NotStored::Status)
+        );
+        assert_eq!(class(503, true, &fresh, &[]), Class::ServerError);
+        assert_eq!(class(500, false, &[], &[]), Class::ServerError);
+        assert!(matches!(
+            class(200, false, &fresh, &[]),
+            Class::Storable { lifetime, .. } if lifetime == std::time::Duration::from_secs(60)
+        ));
+        type Fields<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(u16, Fields, Fields, NotStored)] = &[
+            (
+                200,
+                &[("cache-control", "private, max-age=60")],
+                &[],
+                NotStored::Private,
+            ),
+            (
+                200,
+                &[("cache-control", "no-store")],
+                &[],
+                NotStored::NoStore,
+            ),
+            (
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
+                &[],
+                NotStored::SetCookie,
+            ),
+            (
+                200,
+                &[("cache-control", "max-age=60"), ("content-length", "1001")],
+                &[],
+                NotStored::TooLarge,
+            ),
+            (
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "Cookie")],
+                &[],
+                NotStored::VaryPrivate,
+            ),
+            (
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "*")],
+                &[],
+                NotStored::VaryStar,
+            ),
+            (
+                200,
+                &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+                &[("cookie", "s=1")],
+                NotStored::Credentials,
+            ),
+            (
+                200,
+                &[("cache-control", "max-age=60")],
+                &[("cache-control", "no-store")],
+                NotStored::RequestNoStore,
+            ),
+            (
+                418,
+                &[("cache-control", "max-age=60")],
+                &[],
+                NotStored::Status,
+            ),
+        ];
+        for (status, res, req, reason) in cases {
+            assert_eq!(
+                not_stored(class(*status, false, res, req)),
+                Some(*reason),
+                "{status} {res:?} {req:?}"
+            );
+        }
     }
 }
