@@ -21,8 +21,9 @@ use tracing::info;
 use crate::body::{self, Body};
 use crate::config::{Operation, Token};
 use crate::key::CacheKey;
-use crate::proxy::{ClientInfo, Proxy};
+use crate::proxy::Proxy;
 use crate::purge::{Purge, Refused, Requester};
+use crate::request::ClientInfo;
 
 /// Largest purge request body accepted.
 const MAX_BODY: usize = 1024 * 1024;

@@ -26,7 +26,9 @@ use crate::freshness::{self, NotStored};
 use crate::key::{self, Variant};
 use crate::origin::{OriginBody, Upstream};
 use crate::outcome::{Fwd, Outcome};
-use crate::proxy::{content_length, response, Ctx, Proxy, Sent, CACHE_STATUS};
+use crate::proxy::{Proxy, Sent};
+use crate::render::{content_length, response, VariantInfo, CACHE_STATUS};
+use crate::request::Ctx;
 use crate::store::{Fetched, StoredResponse};
 
 /// One trip to the origin on behalf of a request (and whoever waits on it).
@@ -781,7 +783,7 @@ impl Proxy {
         );
         if self.cfg().debug_headers {
             res.extensions_mut()
-                .insert(crate::proxy::VariantInfo(entry.variant.describe()));
+                .insert(VariantInfo(entry.variant.describe()));
         }
         res
     }

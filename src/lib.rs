@@ -22,6 +22,8 @@ pub mod origin;
 pub mod outcome;
 pub mod proxy;
 pub mod purge;
+pub mod render;
+pub mod request;
 pub mod server;
 pub mod store;
 pub mod tags;

@@ -11,7 +11,6 @@
 //! Every response leaves through [`Proxy::finish`], which renders `Cache-Status`
 //! from the request's [`Outcome`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,7 +22,7 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::body::{self, Body};
 use crate::coalesce::Flights;
@@ -35,31 +34,9 @@ use crate::freshness::{self, Reuse, ValidateReason};
 use crate::key::{self, CacheKey};
 use crate::origin::{OriginError, Origins, Upstream};
 use crate::outcome::{Fwd, Outcome};
+use crate::render::{self, content_length_value, plain, response, OutcomeLabel, VariantInfo};
+use crate::request::{request_host, ClientInfo, Ctx, OriginTime};
 use crate::store::{Lookup, Store, StoredResponse};
-
-pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
-/// Who sent the request, as seen by the listener.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub addr: SocketAddr,
-    /// "http" or "https": the scheme the client used.
-    pub scheme: &'static str,
-    /// The origin requests this client's connection may have in flight at once
-    /// (`server.max_origin_requests_per_connection`; `None`: no bound).
-    pub budget: Option<Arc<tokio::sync::Semaphore>>,
-}
-
-impl ClientInfo {
-    /// A client with no bound on its origin requests (tests, internal callers).
-    pub fn new(addr: SocketAddr, scheme: &'static str) -> ClientInfo {
-        ClientInfo {
-            addr,
-            scheme,
-            budget: None,
-        }
-    }
-}
 
 pub struct Proxy {
     /// The configuration, swapped whole on reload (never mutated piecemeal).
@@ -79,29 +56,6 @@ pub struct Proxy {
     budget_waits: tokio::sync::watch::Sender<usize>,
 }
 
-/// What a request needs to know about itself along the way (its body excepted).
-#[derive(Clone)]
-pub(crate) struct Ctx {
-    pub method: Method,
-    pub uri: Uri,
-    pub version: Version,
-    pub headers: HeaderMap,
-    pub client: ClientInfo,
-    /// The host the client asked for, normalized (what keys use), when that
-    /// differs from [`Ctx::host`]: see [`Ctx::host_norm`].
-    pub host_normalized: Option<String>,
-    pub key: CacheKey,
-    pub req_dirs: Directives,
-    /// This request's id in logs (a process-wide counter).
-    pub request_id: u64,
-    /// No field that can change how a stored response is answered (conditional or
-    /// range fields, RFC 9110 §13.1, §14.2): a fresh 200 is served as stored.
-    pub plain: bool,
-    /// Time spent waiting for the origin's response head, in microseconds (a flight
-    /// task fetching on this request's behalf reports it back).
-    pub origin_micros: OriginTime,
-}
-
 /// Produces a freshly validated configuration (the binary re-reads its file).
 pub type Reloader = Box<dyn Fn() -> Result<Settings, crate::config::ConfigError> + Send + Sync>;
 
@@ -112,15 +66,6 @@ pub type Answer = Either<Ready<Served>, BoxFuture<'static, Served>>;
 
 /// A response, as hyper's service returns it.
 pub type Served = Result<Response<Body>, std::convert::Infallible>;
-
-/// The host a request asked for: its target's authority, else its (first) `Host`
-/// field when that is visible ASCII, else empty.
-fn request_host<'a>(uri: &'a Uri, host_field: Option<&'a HeaderValue>) -> &'a str {
-    match uri.authority() {
-        Some(a) => a.as_str(),
-        None => host_field.and_then(|v| v.to_str().ok()).unwrap_or_default(),
-    }
-}
 
 /// A request whose target Lacquer refuses to key or forward, with its answer:
 /// a host that is not a reg-name or IP with an optional port (from `Host` or the
@@ -204,50 +149,6 @@ static CONFIG_GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 fn numbered(mut settings: Settings) -> Settings {
     settings.generation = CONFIG_GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     settings
-}
-
-/// Microseconds spent waiting for the origin. An atomic so that it can be set
-/// through a shared `&Ctx`; cloning copies the value (no allocation per request).
-#[derive(Default)]
-pub(crate) struct OriginTime(std::sync::atomic::AtomicU64);
-
-impl OriginTime {
-    pub(crate) fn get(&self) -> u64 {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) fn set(&self, micros: u64) {
-        self.0.store(micros, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Clone for OriginTime {
-    fn clone(&self) -> Self {
-        OriginTime(std::sync::atomic::AtomicU64::new(self.get()))
-    }
-}
-
-/// The outcome label of a response, for the access log.
-#[derive(Clone, Copy)]
-pub(crate) struct OutcomeLabel(pub &'static str);
-
-impl Ctx {
-    /// The host the client asked for, as received: the request target's authority,
-    /// else the `Host` field (empty when neither is there, or when the field is not
-    /// visible ASCII or was stripped). Read from the request, not copied per request.
-    pub(crate) fn host(&self) -> &str {
-        request_host(&self.uri, self.headers.get(HOST))
-    }
-
-    /// The normalized host (what keys use).
-    pub(crate) fn host_norm(&self) -> &str {
-        self.host_normalized.as_deref().unwrap_or(self.host())
-    }
-
-    pub(crate) fn record_origin_time(&self, since: std::time::Instant) {
-        let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.origin_micros.set(micros);
-    }
 }
 
 impl Proxy {
@@ -571,10 +472,10 @@ impl Proxy {
         cfg: &Settings,
     ) {
         if cfg.debug_headers {
-            debug_headers(res, &ctx.key);
+            render::debug_headers(res, &ctx.key);
         }
         if let Some(started) = started {
-            access_log(ctx, res, started);
+            render::access_log(ctx, res, started);
         }
     }
 
@@ -899,7 +800,7 @@ impl Proxy {
                 entry.headers().to_map(),
                 HeaderValue::from(age_secs),
             );
-            self.finish_head(
+            render::finish_head(
                 again.headers_mut(),
                 &Outcome::Hit { stale: false },
                 Some(ttl),
@@ -1003,152 +904,23 @@ impl Proxy {
         self.error_answer(e.kind.status(), e.kind.as_str(), fwd)
     }
 
-    /// The one answer for an origin request that failed (or never went): plain
-    /// text naming the status and the detail, and `Cache-Status` saying the same.
+    /// The one error answer ([`render::error_answer`]) with this proxy's settings.
     pub(crate) fn error_answer(
         &self,
         status: StatusCode,
         detail: &'static str,
         fwd: Fwd,
     ) -> Response<Body> {
-        let text = format!(
-            "{} {}: {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            detail
-        );
-        self.finish(
-            plain(status, &text),
-            &Outcome::OriginError { fwd, detail },
-            None,
-        )
+        render::error_answer(status, detail, fwd, &self.cfg(), &self.metrics)
     }
 
-    /// Last stop of every response: `Cache-Status`, `Via`, targeted fields.
+    /// The last stop of every response ([`render::finish`]).
     pub(crate) fn finish(
         &self,
-        mut res: Response<Body>,
+        res: Response<Body>,
         outcome: &Outcome,
         ttl: Option<i64>,
     ) -> Response<Body> {
-        self.metrics.request(outcome.label());
-        let cfg = self.cfg();
-        if cfg.access_log {
-            res.extensions_mut().insert(OutcomeLabel(outcome.label()));
-        }
-        self.finish_head(res.headers_mut(), outcome, ttl, &cfg);
-        debug!(
-            outcome = outcome.label(),
-            status = res.status().as_u16(),
-            "request done"
-        );
-        res
+        render::finish(res, outcome, ttl, &self.cfg(), &self.metrics)
     }
-
-    /// The header part of `finish` (a pure function of the headers, the outcome
-    /// and the configuration: hits cache its result).
-    fn finish_head(
-        &self,
-        headers: &mut HeaderMap,
-        outcome: &Outcome,
-        ttl: Option<i64>,
-        cfg: &Settings,
-    ) {
-        let upstream = headers.remove(&CACHE_STATUS);
-        if let Some(v) = outcome.cache_status_header(upstream.as_ref(), &cfg.cache_status_name, ttl)
-        {
-            headers.insert(CACHE_STATUS.clone(), v);
-        }
-        forward::append_via(headers, &cfg.via_response);
-        if !cfg.forward_targeted_fields {
-            for f in &cfg.policy.targeted_fields {
-                headers.remove(f);
-            }
-        }
-        if cfg.policy.surrogate_control {
-            // Surrogate-Control is for surrogates only: never sent downstream.
-            headers.remove(&freshness::SURROGATE_CONTROL);
-        }
-        if cfg.tag_rules.strip {
-            for h in &cfg.tag_rules.headers {
-                headers.remove(h);
-            }
-        }
-    }
-}
-
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    content_length_value(headers.get(CONTENT_LENGTH)?)
-}
-
-fn content_length_value(v: &HeaderValue) -> Option<u64> {
-    v.to_str().ok()?.trim().parse().ok()
-}
-
-pub(crate) fn response(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
-    let mut res = Response::new(body);
-    *res.status_mut() = status;
-    *res.headers_mut() = headers;
-    res
-}
-
-/// A short plain-text response generated by the proxy itself.
-pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    response(
-        status,
-        headers,
-        body::full(Bytes::copy_from_slice(text.as_bytes())),
-    )
-}
-
-/// Which stored variant served a response (for `X-Lacquer-Variant`).
-#[derive(Clone)]
-pub(crate) struct VariantInfo(pub String);
-
-/// `X-Lacquer-Key` / `X-Lacquer-Variant`, with `server.debug_headers = true`.
-fn debug_headers(res: &mut Response<Body>, key: &CacheKey) {
-    let variant = res.extensions_mut().remove::<VariantInfo>();
-    let headers = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&key.full.replace('\n', " | ")) {
-        headers.insert(HeaderName::from_static("x-lacquer-key"), v);
-    }
-    if let Some(VariantInfo(text)) = variant {
-        if let Ok(v) = HeaderValue::from_str(&text) {
-            headers.insert(HeaderName::from_static("x-lacquer-variant"), v);
-        }
-    }
-}
-
-/// One structured line per request (target `lacquer::access`): never a header value,
-/// so no secret can reach the log.
-fn access_log(ctx: &Ctx, res: &Response<Body>, started: std::time::Instant) {
-    let cache = res.extensions().get::<OutcomeLabel>().map_or("-", |o| o.0);
-    let bytes = res
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    tracing::info!(
-        target: "lacquer::access",
-        request_id = ctx.request_id,
-        client = %ctx.client.addr.ip(),
-        method = %ctx.method,
-        host = %ctx.host(),
-        path = %ctx.uri.path(),
-        status = res.status().as_u16(),
-        cache,
-        key = %format_args!("{:016x}", (ctx.key.digest >> 64) as u64),
-        bytes,
-        total_ms = started.elapsed().as_secs_f64() * 1000.0,
-        origin_ms = ctx.origin_micros.get() as f64 / 1000.0,
-    );
 }

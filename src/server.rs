@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::config::Settings;
-use crate::proxy::{ClientInfo, Proxy};
+use crate::proxy::Proxy;
+use crate::request::ClientInfo;
 
 /// A running proxy. Dropping it stops accepting connections;
 /// [`Running::shutdown`] also lets the requests in flight finish.
