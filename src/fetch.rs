@@ -2,9 +2,9 @@
 //! burst costs the origin one request; stale-while-revalidate in the background;
 //! stale-if-error when the origin fails; hit-for-miss for what cannot be shared.
 //!
-//! The shape: [`Proxy::exchange`] talks to the origin and classifies the answer
-//! ([`Exchange`]), touching nothing; [`Proxy::settle`] applies it to the store and
-//! decides who gets what; [`Proxy::answer_shared`] turns a flight's [`Shared`]
+//! The shape: [`Fetcher::exchange`] talks to the origin and classifies the answer
+//! ([`Exchange`]), touching nothing; [`Fetcher::settle`] applies it to the store and
+//! decides who gets what; [`Fetcher::answer_shared`] turns a flight's [`Shared`]
 //! result into one client's response (its conditionals, HEAD, Vary, stale rules).
 
 use std::sync::Arc;
@@ -98,7 +98,7 @@ fn uncacheable_for_everyone(reason: NotStored) -> bool {
     )
 }
 
-/// What became of a request sent to the origins ([`Proxy::to_origin`]).
+/// What became of a request sent to the origins ([`Fetcher::to_origin`]).
 pub(crate) enum Sent {
     Answered(Response<crate::origin::OriginBody>),
     Failed(OriginError),
@@ -495,7 +495,7 @@ impl Fetcher {
     /// A fresh hit. The common case (a plain GET of a stored 200) reuses the
     /// entry's cached rendering of the head when it was made for this second and
     /// this configuration; anything else, or a stale rendering, goes through
-    /// [`Proxy::serve_stored`], whose result becomes the new rendering. Both paths
+    /// [`Fetcher::serve_stored`], whose result becomes the new rendering. Both paths
     /// give the same headers (tested in tests/caching.rs).
     fn serve_fresh(
         &self,
@@ -1316,7 +1316,7 @@ impl Fetcher {
 
     /// A waiter whose request does not select the variant that came back: look again
     /// (another flight may have stored its variant), deciding reuse as any request
-    /// does (`Proxy::cached`), else fetch on its own.
+    /// does (`Fetcher::cached`), else fetch on its own.
     async fn reevaluate(self: &Arc<Self>, job: &Job) -> Response<Body> {
         let decided = self.cached(&job.ctx, &self.cfg());
         let (stale, fwd) = match decided {

@@ -1,15 +1,17 @@
-//! The life of a request. `Proxy::respond` is the entry point; read it top to
+//! The way in of a request. `Proxy::respond` is the entry point; read it top to
 //! bottom:
 //!
-//! 1. limits (414, 431);
-//! 2. cacheable method (GET/HEAD without a body)? → [`Proxy::cached`]: look up the
+//! 1. limits (414, 431), the target's checks (400, 405), stripped fields and
+//!    `Connection` options, the Vary normalizers, the key;
+//! 2. the admin API and `PURGE` (admin.rs, purge/);
+//! 3. cacheable method (GET/HEAD without a body)? → [`Fetcher::cached`]: look up the
 //!    key, decide reuse with the freshness rules, serve, or go forward (miss,
-//!    validation) and maybe store;
-//! 3. anything else → [`Proxy::pass`]: forward with the body, and invalidate the
+//!    validation, fetch.rs) and maybe store;
+//! 4. anything else → [`Fetcher::pass`]: forward with the body, and invalidate the
 //!    URI on a non-error answer to an unsafe method (RFC 9111 §4.4).
 //!
-//! Every response leaves through [`Proxy::finish`], which renders `Cache-Status`
-//! from the request's [`Outcome`].
+//! Every response leaves through `render::finish`, which renders `Cache-Status`
+//! from the request's `Outcome`. Reloads swap the configuration whole.
 
 use std::sync::Arc;
 
