@@ -19,11 +19,18 @@ use subtle::ConstantTimeEq;
 use tracing::info;
 
 use crate::body::{self, Body};
+use crate::coalesce::Flights;
+use crate::config::Settings;
 use crate::config::{Operation, Token};
+use crate::fetch::Fetcher;
 use crate::key::CacheKey;
-use crate::proxy::Proxy;
+use crate::metrics::Metrics;
+use crate::origin::Origins;
+use crate::proxy::ReloadReport;
+use crate::purge::Purger;
 use crate::purge::{Purge, Refused, Requester};
 use crate::request::ClientInfo;
+use crate::store::Store;
 
 /// Largest purge request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
@@ -44,7 +51,54 @@ fn problem(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-impl Proxy {
+/// The admin API and the `PURGE` method. It reads the configuration the proxy
+/// swaps, reports on the store, the flights and the origins, and hands every purge
+/// to its [`Purger`].
+pub struct Admin {
+    config: Arc<arc_swap::ArcSwap<Settings>>,
+    fetcher: Arc<Fetcher>,
+    store: Arc<Store>,
+    flights: Arc<Flights>,
+    metrics: Arc<Metrics>,
+    purger: Purger,
+}
+
+impl Admin {
+    pub(crate) fn new(
+        config: Arc<arc_swap::ArcSwap<Settings>>,
+        fetcher: Arc<Fetcher>,
+        store: Arc<Store>,
+        flights: Arc<Flights>,
+        metrics: Arc<Metrics>,
+    ) -> Admin {
+        let purger = Purger::new(
+            store.clone(),
+            flights.clone(),
+            metrics.clone(),
+            config.load().admin.request_id_window,
+        );
+        Admin {
+            config,
+            fetcher,
+            store,
+            flights,
+            metrics,
+            purger,
+        }
+    }
+
+    fn cfg(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.config.load()
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.config.load_full()
+    }
+
+    fn origins(&self) -> Arc<Origins> {
+        self.fetcher.origins()
+    }
+
     /// Is this client allowed to talk to the admin API at all?
     fn admin_ip_allowed(&self, ip: IpAddr) -> bool {
         let allow = &self.cfg().admin.allow_ips;
@@ -97,12 +151,14 @@ impl Proxy {
         }
     }
 
-    /// Admin routes. `path` is relative to the admin root (`/purge`, `/stats`, …).
-    pub async fn admin(
-        self: &Arc<Self>,
+    /// Admin routes. `path` is relative to the admin root (`/purge`, `/stats`, …);
+    /// `reload` re-reads and applies the configuration (the proxy's).
+    pub async fn serve(
+        &self,
         req: Request<Incoming>,
         client: ClientInfo,
         path: &str,
+        reload: impl FnOnce() -> Result<ReloadReport, String>,
     ) -> Response<Body> {
         match (req.method(), path) {
             (&Method::GET, "/healthz") => {
@@ -135,7 +191,7 @@ impl Proxy {
                         &format!("token `{}` may not reload", token.name),
                     );
                 }
-                match self.reload_from_source() {
+                match reload() {
                     Ok(report) => {
                         info!(target: "lacquer::audit", token = %token.name, ?report, "configuration reloaded");
                         json(

@@ -45,11 +45,11 @@ pub struct Proxy {
     pub(crate) fetcher: Arc<Fetcher>,
     /// Re-reads the configuration for SIGHUP and `POST /reload` (set by the binary).
     reloader: std::sync::Mutex<Option<Reloader>>,
-    pub(crate) store: Arc<Store>,
-    pub(crate) flights: Arc<Flights>,
-    pub(crate) metrics: Arc<crate::metrics::Metrics>,
-    /// Applies every purge (purge/purger.rs).
-    pub(crate) purger: crate::purge::Purger,
+    store: Arc<Store>,
+    flights: Arc<Flights>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The admin API and `PURGE` (admin.rs), with the purger.
+    admin: crate::admin::Admin,
 }
 
 /// Produces a freshly validated configuration (the binary re-reads its file).
@@ -145,12 +145,6 @@ impl Proxy {
         let store = Arc::new(Store::new(settings.max_size, settings.max_variants));
         let metrics = Arc::new(crate::metrics::Metrics::new(store.evictions.clone()));
         let flights = Arc::new(Flights::default());
-        let purger = crate::purge::Purger::new(
-            store.clone(),
-            flights.clone(),
-            metrics.clone(),
-            settings.admin.request_id_window,
-        );
         let config = Arc::new(arc_swap::ArcSwap::from_pointee(settings));
         let fetcher = Arc::new(Fetcher::new(
             config.clone(),
@@ -158,9 +152,16 @@ impl Proxy {
             flights.clone(),
             metrics.clone(),
         ));
+        let admin = crate::admin::Admin::new(
+            config.clone(),
+            fetcher.clone(),
+            store.clone(),
+            flights.clone(),
+            metrics.clone(),
+        );
         Arc::new(Proxy {
             metrics,
-            purger,
+            admin,
             reloader: std::sync::Mutex::new(None),
             config,
             fetcher,
@@ -226,6 +227,23 @@ impl Proxy {
             restart_required,
             origins_changed,
         }
+    }
+
+    /// The admin API (on the client listener under `/.lacquer/`, or its own).
+    pub async fn admin(
+        &self,
+        req: Request<Incoming>,
+        client: ClientInfo,
+        path: &str,
+    ) -> Response<Body> {
+        self.admin
+            .serve(req, client, path, || self.reload_from_source())
+            .await
+    }
+
+    /// The figures of `GET /stats`.
+    pub fn stats(&self) -> serde_json::Value {
+        self.admin.stats()
     }
 
     /// Origin requests waiting for a slot of their client connection's budget.
@@ -372,7 +390,7 @@ impl Proxy {
         };
         if ctx.method.as_str() == "PURGE" {
             // Never forwarded: answered here, with a token (admin.rs).
-            return answered(self.purge_method(
+            return answered(self.admin.purge_method(
                 &ctx.headers,
                 &ctx.uri,
                 ctx.host_norm(),
