@@ -26,7 +26,7 @@ use crate::fetch::Fetcher;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::origin::Origins;
-use crate::proxy::ReloadReport;
+use crate::proxy::{ReloadError, ReloadReport};
 use crate::purge::Purger;
 use crate::purge::{Purge, Refused, Requester};
 use crate::request::ClientInfo;
@@ -158,7 +158,7 @@ impl Admin {
         req: Request<Incoming>,
         client: ClientInfo,
         path: &str,
-        reload: impl FnOnce() -> Result<ReloadReport, String>,
+        reload: impl FnOnce() -> Result<ReloadReport, ReloadError>,
     ) -> Response<Body> {
         match (req.method(), path) {
             (&Method::GET, "/healthz") => {

@@ -32,6 +32,51 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::purge::Purge;
 
+/// A [`UsageError`] from `format!` arguments.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        UsageError(format!($($arg)*))
+    };
+}
+
+/// What a command line (or an answer to it) that the tool cannot act on is: the text
+/// says why. Reads as its text (`Deref<Target = str>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+impl std::ops::Deref for UsageError {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for UsageError {
+    fn from(text: String) -> UsageError {
+        UsageError(text)
+    }
+}
+
+impl From<crate::purge::InvalidPurge> for UsageError {
+    fn from(e: crate::purge::InvalidPurge) -> UsageError {
+        UsageError(e.0)
+    }
+}
+
+impl From<&str> for UsageError {
+    fn from(text: &str) -> UsageError {
+        UsageError(text.to_string())
+    }
+}
+
 /// The exit status of `purge` and `verify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -184,30 +229,30 @@ pub fn classify(status: StatusCode) -> Answer {
 }
 
 /// An `http://` URL (this client speaks no TLS). `flag` names the argument.
-fn http_uri(flag: &str, text: &str) -> Result<Uri, String> {
+fn http_uri(flag: &str, text: &str) -> Result<Uri, UsageError> {
     let uri: Uri = text
         .parse()
         .map_err(|_| format!("{flag} {text:?} is not a URL"))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            return Err(format!(
+            return Err(usage!(
             "{flag} {text:?}: https is not supported by this client; use the proxy's http listener"
         ))
         }
-        _ => return Err(format!("{flag} {text:?} must be an absolute http:// URL")),
+        _ => return Err(usage!("{flag} {text:?} must be an absolute http:// URL")),
     }
     if uri.authority().is_none_or(|a| a.host().is_empty()) {
-        return Err(format!("{flag} {text:?} has no host"));
+        return Err(usage!("{flag} {text:?} has no host"));
     }
     Ok(uri)
 }
 
 /// `{endpoint}/purge` (one slash between them, whatever the endpoint ends with).
-pub fn purge_uri(endpoint: &str) -> Result<Uri, String> {
+pub fn purge_uri(endpoint: &str) -> Result<Uri, UsageError> {
     let uri = http_uri("--endpoint", endpoint)?;
     if uri.query().is_some() {
-        return Err(format!(
+        return Err(usage!(
             "--endpoint {endpoint:?}: give the admin root, without a query"
         ));
     }
@@ -215,7 +260,7 @@ pub fn purge_uri(endpoint: &str) -> Result<Uri, String> {
     let root = uri.path().trim_end_matches('/');
     format!("http://{authority}{root}/purge")
         .parse()
-        .map_err(|_| format!("--endpoint {endpoint:?} is not a URL"))
+        .map_err(|_| usage!("--endpoint {endpoint:?} is not a URL"))
 }
 
 /// A fresh request id: seconds since the epoch, process id, 64 random bits.
@@ -231,7 +276,7 @@ pub fn new_request_id() -> String {
 }
 
 /// The purge the arguments describe, checked the way the server will check it.
-pub fn purge_from_args(args: &PurgeArgs, request_id: String) -> Result<Purge, String> {
+pub fn purge_from_args(args: &PurgeArgs, request_id: String) -> Result<Purge, UsageError> {
     let purge = Purge {
         tags: args.tags.clone(),
         urls: args.urls.clone(),
@@ -250,7 +295,7 @@ pub fn purge_from_args(args: &PurgeArgs, request_id: String) -> Result<Purge, St
             matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
         });
         if !absolute {
-            return Err(format!("--url {url:?} is not an absolute http(s) URL"));
+            return Err(usage!("--url {url:?} is not an absolute http(s) URL"));
         }
     }
     // The server's own limit (`admin.max_batch`) is checked there.
@@ -262,7 +307,7 @@ pub fn purge_from_args(args: &PurgeArgs, request_id: String) -> Result<Purge, St
 pub fn bearer_token(
     var: &str,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<(HeaderValue, String), String> {
+) -> Result<(HeaderValue, String), UsageError> {
     if var.is_empty() {
         return Err("--token-env needs the name of an environment variable".into());
     }
@@ -270,7 +315,7 @@ pub fn bearer_token(
         env(var).ok_or_else(|| format!("environment variable `{var}` (--token-env) is not set"))?;
     let secret = secret.trim().to_string();
     if secret.is_empty() {
-        return Err(format!(
+        return Err(usage!(
             "environment variable `{var}` (--token-env) is empty"
         ));
     }
@@ -302,7 +347,7 @@ impl PurgeRequest {
 pub fn prepare_purge(
     args: &PurgeArgs,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<PurgeRequest, String> {
+) -> Result<PurgeRequest, UsageError> {
     let uri = purge_uri(&args.endpoint)?;
     let request_id = args.request_id.clone().unwrap_or_else(new_request_id);
     let purge = purge_from_args(args, request_id)?;
@@ -443,7 +488,7 @@ impl Expectation {
         etag: Option<&str>,
         header: Option<&str>,
         body: Option<&str>,
-    ) -> Result<Expectation, String> {
+    ) -> Result<Expectation, UsageError> {
         match (etag, header, body) {
             (Some(etag), None, None) => {
                 let etag = etag.trim();
@@ -638,13 +683,13 @@ async fn exchange(
     client: &HttpClient,
     req: Request<Full<Bytes>>,
     body_required: bool,
-) -> Result<Answered, String> {
+) -> Result<Answered, UsageError> {
     let res = client.request(req).await.map_err(|e| error_chain(&e))?;
     let (parts, body) = res.into_parts();
     let body = match Limited::new(body, MAX_ANSWER).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) if !body_required => Bytes::new(),
-        Err(e) => return Err(format!("reading the answer: {}", error_chain(&*e))),
+        Err(e) => return Err(usage!("reading the answer: {}", error_chain(&*e))),
     };
     Ok(Answered {
         status: parts.status,
@@ -653,7 +698,7 @@ async fn exchange(
     })
 }
 
-fn purge_http_request(req: &PurgeRequest) -> Result<Request<Full<Bytes>>, String> {
+fn purge_http_request(req: &PurgeRequest) -> Result<Request<Full<Bytes>>, UsageError> {
     Request::builder()
         .method(Method::POST)
         .uri(req.uri.clone())
@@ -662,7 +707,7 @@ fn purge_http_request(req: &PurgeRequest) -> Result<Request<Full<Bytes>>, String
         .header(ACCEPT, "application/json")
         .header(USER_AGENT, concat!("lacquer/", env!("CARGO_PKG_VERSION")))
         .body(Full::new(req.body.clone()))
-        .map_err(|e| e.to_string())
+        .map_err(|e| UsageError(e.to_string()))
 }
 
 /// `lacquer purge`: reads the token from the environment, sends the purge, retries,
@@ -691,7 +736,7 @@ pub async fn purge(args: PurgeArgs) -> Exit {
         let problem =
             match tokio::time::timeout(per_attempt, exchange(&client, http_req, true)).await {
                 Err(_) => format!("no answer within {} s", args.timeout),
-                Ok(Err(e)) => e,
+                Ok(Err(e)) => e.to_string(),
                 Ok(Ok(answer)) => match classify(answer.status) {
                     Answer::Done => return purge_done(&args, &req, &answer),
                     Answer::Refused => {
@@ -755,7 +800,7 @@ fn purge_done(args: &PurgeArgs, req: &PurgeRequest, answer: &Answered) -> Exit {
 }
 
 /// The URL and expectation of `verify`, or the usage error.
-pub fn prepare_verify(args: &VerifyArgs) -> Result<(Uri, Expectation), String> {
+pub fn prepare_verify(args: &VerifyArgs) -> Result<(Uri, Expectation), UsageError> {
     let uri = http_uri("--url", &args.url)?;
     let expectation = Expectation::from_args(
         args.expect_etag.as_deref(),
@@ -795,7 +840,7 @@ pub async fn verify(args: VerifyArgs) -> Exit {
             .expect("a GET of a parsed URI");
         match tokio::time::timeout(budget, exchange(&client, req, expectation.needs_body())).await {
             Err(_) => last_error = Some(format!("no answer within {} ms", budget.as_millis())),
-            Ok(Err(e)) => last_error = Some(e),
+            Ok(Err(e)) => last_error = Some(e.to_string()),
             Ok(Ok(answer)) => {
                 let seen = Observation::of(answer.status, &answer.headers, &expectation);
                 if expectation.holds(answer.status, &answer.headers, &answer.body) {

@@ -1163,7 +1163,8 @@ impl Settings {
             if scheme == Scheme::HTTP && o.ca.is_some() {
                 return Err(err(key("ca"), "only meaningful for an https:// origin"));
             }
-            let tls = crate::tls::client_config(o.ca.as_deref()).map_err(|e| err(key("ca"), e))?;
+            let tls = crate::tls::client_config(o.ca.as_deref())
+                .map_err(|e| err(key(e.field), e.reason))?;
             let authority = uri
                 .authority()
                 .cloned()
@@ -1281,7 +1282,7 @@ impl Settings {
                 None => None,
                 Some(t) => Some(
                     crate::tls::server_config(&t.cert, &t.key)
-                        .map_err(|(k, e)| err(format!("server.tls.{k}"), e))?,
+                        .map_err(|e| err(format!("server.tls.{}", e.field), e.reason))?,
                 ),
             },
             file,

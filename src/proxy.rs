@@ -121,6 +121,29 @@ fn pending(fut: impl std::future::Future<Output = Response<Body>> + Send + 'stat
     Either::Right(Box::pin(async move { Ok(fut.await) }))
 }
 
+/// Why a reload changed nothing (the old configuration stays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The reloader's lock was poisoned.
+    Unavailable,
+    /// No reloader was set (a proxy built from settings, not from a file).
+    NoSource,
+    /// The new configuration does not validate.
+    Invalid(crate::config::ConfigError),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Unavailable => f.write_str("reloader unavailable"),
+            ReloadError::NoSource => f.write_str("no configuration source to reload from"),
+            ReloadError::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadReport {
@@ -192,16 +215,11 @@ impl Proxy {
     }
 
     /// Re-reads the configuration with the reloader and applies it.
-    pub fn reload_from_source(&self) -> Result<ReloadReport, String> {
+    pub fn reload_from_source(&self) -> Result<ReloadReport, ReloadError> {
         let settings = {
-            let r = self
-                .reloader
-                .lock()
-                .map_err(|_| "reloader unavailable".to_string())?;
-            let reload = r
-                .as_ref()
-                .ok_or_else(|| "no configuration source to reload from".to_string())?;
-            reload().map_err(|e| e.to_string())?
+            let r = self.reloader.lock().map_err(|_| ReloadError::Unavailable)?;
+            let reload = r.as_ref().ok_or(ReloadError::NoSource)?;
+            reload().map_err(ReloadError::Invalid)?
         };
         Ok(self.reload(settings))
     }

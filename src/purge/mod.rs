@@ -50,15 +50,17 @@ impl Purge {
 
     /// Checks the shape of a purge: something to do, within `max_items`, no control
     /// characters or empty names. The message names the problem.
-    pub fn validate(&self, max_items: usize) -> Result<(), String> {
+    pub fn validate(&self, max_items: usize) -> Result<(), InvalidPurge> {
         if self.items() == 0 {
-            return Err("empty purge: give tags, urls, prefixes or all".into());
+            return Err(InvalidPurge(
+                "empty purge: give tags, urls, prefixes or all".into(),
+            ));
         }
         if self.items() > max_items {
-            return Err(format!(
+            return Err(InvalidPurge(format!(
                 "{} items exceed the limit of {max_items} per purge",
                 self.items()
-            ));
+            )));
         }
         let bad = |s: &str| {
             s.is_empty() || s.len() > 2048 || s.chars().any(|c| c.is_control() || c == ' ')
@@ -69,15 +71,36 @@ impl Purge {
             ("prefixes", &self.prefixes),
         ] {
             if let Some((i, v)) = list.iter().enumerate().find(|(_, v)| bad(v)) {
-                return Err(format!("{field}[{i}] {v:?} is empty, too long or contains spaces or control characters"));
+                return Err(InvalidPurge(format!("{field}[{i}] {v:?} is empty, too long or contains spaces or control characters")));
             }
         }
         if let Some(id) = &self.request_id {
             if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
-                return Err("request_id must be 1 to 256 printable characters".into());
+                return Err(InvalidPurge(
+                    "request_id must be 1 to 256 printable characters".into(),
+                ));
             }
         }
         Ok(())
+    }
+}
+
+/// A purge of the wrong shape; the text names the problem. Reads as its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidPurge(pub String);
+
+impl std::fmt::Display for InvalidPurge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidPurge {}
+
+impl std::ops::Deref for InvalidPurge {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 

@@ -94,7 +94,9 @@ impl Purger {
         max_batch: usize,
         requester: &Requester<'_>,
     ) -> Result<Applied, Refused> {
-        purge.validate(max_batch).map_err(Refused::Invalid)?;
+        purge
+            .validate(max_batch)
+            .map_err(|e| Refused::Invalid(e.0))?;
         let keys = match keys {
             Some(keys) => keys,
             None => url_keys(rules, &purge.urls)?,
