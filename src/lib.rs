@@ -5,27 +5,17 @@
 
 #![deny(unsafe_code)]
 
-pub mod admin;
-pub mod body;
-pub mod cli;
-pub mod coalesce;
-pub mod conditional;
+pub mod cache;
 pub mod config;
-pub mod demo_origin;
-pub mod directives;
-pub mod fetch;
-pub mod forward;
-pub mod freshness;
-pub mod key;
 pub mod metrics;
-pub mod origin;
-pub mod outcome;
-pub mod proxy;
 pub mod purge;
-pub mod render;
-pub mod request;
-pub mod server;
-pub mod store;
-pub mod tags;
-pub mod tls;
-pub mod vary;
+pub mod rules;
+pub mod serve;
+pub mod tools;
+
+// The modules under their own names too (`lacquer::freshness`, `crate::key`): the
+// folders show the architecture, the paths stay short.
+pub use cache::{coalesce, key, store, tags};
+pub use rules::{conditional, directives, forward, freshness, outcome, vary};
+pub use serve::{admin, body, fetch, origin, proxy, render, request, server, tls};
+pub use tools::{cli, demo_origin};
