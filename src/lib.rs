@@ -5,17 +5,19 @@
 
 #![deny(unsafe_code)]
 
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod purge;
 pub mod rules;
 pub mod serve;
+pub mod tls;
 pub mod tools;
 
 // The modules under their own names too (`lacquer::freshness`, `crate::key`): the
 // folders show the architecture, the paths stay short.
 pub use cache::{coalesce, key, store, tags};
 pub use rules::{conditional, directives, forward, freshness, outcome, vary};
-pub use serve::{admin, body, fetch, origin, proxy, render, request, server, tls};
+pub use serve::{admin, fetch, origin, proxy, render, request, server};
 pub use tools::{cli, demo_origin};
