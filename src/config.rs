@@ -671,6 +671,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Do these settings name other origins (or other origin settings) than `old`?
+    pub fn origins_differ(&self, old: &Settings) -> bool {
+        self.file.origins != old.file.origins
+    }
+
     /// For a reload: the settings only a restart can change (listeners, limits fixed
     /// when a connection or the store is set up). Each one that this new
     /// configuration changes from `old` keeps its old value here, and its key is

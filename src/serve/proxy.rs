@@ -231,7 +231,7 @@ impl Proxy {
     pub fn reload(&self, mut new: Settings) -> ReloadReport {
         let old = self.cfg();
         let restart_required = new.keep_restart_only(&old);
-        let origins_changed = new.file.origins != old.file.origins;
+        let origins_changed = new.origins_differ(&old);
         if origins_changed {
             let origins = Origins::new(&new.origins, self.metrics.clone());
             origins.spawn_health_checks();
