@@ -784,7 +784,7 @@ fn vary_rules(
                             format!("`{l}` is not a language tag"),
                         ));
                     }
-                    // Request members longer than this are skipped (vary.rs), so
+                    // Request members longer than this are skipped (rules/vary.rs), so
                     // such a language could never be matched again.
                     if l.len() > 64 {
                         return Err(err(

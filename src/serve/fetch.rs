@@ -893,7 +893,7 @@ impl Fetcher {
         };
 
         // The purge generation before the request leaves: a purge after this point
-        // covers whatever comes back (purge.rs).
+        // covers whatever comes back (purge/mod.rs).
         let fetched_gen = self.store.generation();
         let request_time = SystemTime::now();
         // GET without a body can be rebuilt: one retry on a connection failure.

@@ -32,7 +32,7 @@ pub struct Fetched {
     pub variant: Variant,
     /// Surrogate keys (tags) of this response.
     pub tags: Arc<[Arc<str>]>,
-    /// The purge generation when its origin request started (see `purge.rs`).
+    /// The purge generation when its origin request started (see `purge/mod.rs`).
     pub fetched_gen: u64,
 }
 
@@ -48,7 +48,7 @@ pub struct StoredResponse {
     /// separate allocation saves).
     big_body: Option<Box<Bytes>>,
     pub born: Born,
-    /// The purge generation when its origin request started (see `purge.rs`).
+    /// The purge generation when its origin request started (see `purge/mod.rs`).
     pub fetched_gen: u64,
     /// The request fields that selected this variant.
     pub variant: Variant,

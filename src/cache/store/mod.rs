@@ -6,7 +6,7 @@
 //!
 //! Invariants: only complete responses are inserted; a `Vary: *` response is never
 //! inserted; a key never holds more than `max_variants` variants; nothing fetched
-//! before a purge that covers it is returned as valid (see `purge.rs`); the tag
+//! before a purge that covers it is returned as valid (see `purge/mod.rs`); the tag
 //! counters equal the tags of what is stored (kept on insert and on every removal).
 
 use std::collections::HashMap;
