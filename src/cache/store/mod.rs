@@ -266,17 +266,23 @@ impl Store {
             None => shard.push(hash, entry, &self.hasher),
         }
         drop(shard);
-        self.evict_to_budget();
+        self.evict_to_budget(shard_of(hash));
     }
 
     /// Evicts until the budget holds, a shard at a time, round robin. After a
     /// round of shards with nothing cold within reach (every entry looked at had been
     /// hit, and has its bit cleared now), the next round evicts what the hand is on.
-    fn evict_to_budget(&self) {
+    fn evict_to_budget(&self, inserted: usize) {
         let mut misses = 0;
         while self.bytes.load(Ordering::Relaxed) > self.max_bytes && misses < 3 * SHARDS {
             let i = self.evict_next.fetch_add(1, Ordering::Relaxed) % SHARDS;
             let force = misses >= SHARDS;
+            // The shard just written to is passed over until a round finds nothing
+            // else: its new entry's bit is still clear, and it would be the first to go.
+            if i == inserted && !force {
+                misses += 1;
+                continue;
+            }
             let evicted = write(&self.shards[i]).evict_one(force, &self.hasher);
             match evicted {
                 Some(entry) => {
