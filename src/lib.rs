@@ -8,6 +8,7 @@
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod error;
 pub mod metrics;
 pub mod purge;
 pub mod rules;

@@ -54,6 +54,17 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+impl crate::error::Kind for Refused {
+    fn side(&self) -> crate::error::Side {
+        crate::error::Side::Client
+    }
+
+    /// Nothing was applied, but the same purge is refused again.
+    fn retry_safe(&self) -> bool {
+        false
+    }
+}
+
 /// The only caller of `Store::purge` and of `Flights::detach_all`.
 pub struct Purger {
     store: Arc<Store>,

@@ -97,6 +97,20 @@ pub struct OriginError {
     pub source: Option<hyper_util::client::legacy::Error>,
 }
 
+impl crate::error::Kind for OriginErrorKind {
+    fn side(&self) -> crate::error::Side {
+        match self {
+            // Lacquer's own cap on requests in flight to the origin.
+            OriginErrorKind::Busy => crate::error::Side::Internal,
+            _ => crate::error::Side::Origin,
+        }
+    }
+
+    fn retry_safe(&self) -> bool {
+        self.never_sent()
+    }
+}
+
 impl std::error::Error for OriginError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source

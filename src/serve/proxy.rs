@@ -144,6 +144,20 @@ impl std::fmt::Display for ReloadError {
 
 impl std::error::Error for ReloadError {}
 
+impl crate::error::Kind for ReloadError {
+    fn side(&self) -> crate::error::Side {
+        match self {
+            ReloadError::Invalid(_) => crate::error::Side::Client,
+            ReloadError::Unavailable | ReloadError::NoSource => crate::error::Side::Internal,
+        }
+    }
+
+    /// The old configuration stays; a corrected file can be reloaded.
+    fn retry_safe(&self) -> bool {
+        true
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadReport {
