@@ -94,41 +94,15 @@ impl HttpBody for ChannelBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.len {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
+        size_hint(self.len)
     }
 }
 
-/// A body that declares its exact length (so that hyper sends `Content-Length`).
-pub struct WithLength<B> {
-    inner: Pin<Box<B>>,
-    len: u64,
-}
-
-impl<B> WithLength<B> {
-    pub fn new(inner: B, len: u64) -> WithLength<B> {
-        WithLength {
-            inner: Box::pin(inner),
-            len,
-        }
-    }
-}
-
-impl<B: HttpBody> HttpBody for WithLength<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.inner.as_mut().poll_frame(cx)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.len)
+/// The size hint of a body whose length is known (or not).
+pub fn size_hint(len: Option<u64>) -> SizeHint {
+    match len {
+        Some(n) => SizeHint::with_exact(n),
+        None => SizeHint::default(),
     }
 }
 

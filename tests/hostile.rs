@@ -244,7 +244,7 @@ async fn a_slow_client_holds_back_a_chunked_body_too_large_to_store() {
     const CHUNK: usize = 64 * 1024;
     const TOTAL: u64 = 128 * 1024 * 1024;
     let produced = Arc::new(AtomicU64::new(0));
-    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(Streamed::Going);
     let origin = streaming_origin(CHUNK, TOTAL, produced.clone(), done_tx).await;
     let proxy = Proxy::start_url(&format!("http://{origin}"), |c| {
         c.cache.max_object_size = bytesize::ByteSize::mib(1);
@@ -264,7 +264,7 @@ async fn a_slow_client_holds_back_a_chunked_body_too_large_to_store() {
     }
     let mut activity = proxy.running.proxy.flights().activity();
     tokio::select! {
-        _ = done_rx.wait_for(|d| *d) => {
+        _ = done_rx.wait_for(|d| *d == Streamed::Whole) => {
             panic!("the proxy read the whole {TOTAL}-byte body for a client that reads nothing");
         }
         paused = activity.wait_for(|a| a.paused == 1) => { paused.unwrap(); }
@@ -281,13 +281,62 @@ async fn a_slow_client_holds_back_a_chunked_body_too_large_to_store() {
     assert_eq!(proxy.running.proxy.flights().activity().borrow().paused, 0);
 }
 
+#[tokio::test]
+async fn a_body_too_large_to_store_is_no_longer_read_once_its_client_leaves() {
+    const CHUNK: usize = 64 * 1024;
+    const TOTAL: u64 = 128 * 1024 * 1024;
+    let produced = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(Streamed::Going);
+    let origin = streaming_origin(CHUNK, TOTAL, produced.clone(), done_tx).await;
+    let proxy = Proxy::start_url(&format!("http://{origin}"), |c| {
+        c.cache.max_object_size = bytesize::ByteSize::mib(1);
+    })
+    .await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Read past max_object_size (the body is a stream by then), then leave.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < 4 * 1024 * 1024 {
+        got += client.read(&mut buf).await.unwrap();
+    }
+    drop(client);
+    let ended = tokio::time::timeout(
+        Duration::from_secs(20),
+        done_rx.wait_for(|d| *d != Streamed::Going),
+    )
+    .await
+    .expect("the origin's body ended")
+    .map(|d| *d)
+    .unwrap();
+    assert_eq!(
+        ended,
+        Streamed::Dropped,
+        "the proxy read the rest for nobody"
+    );
+    assert!(produced.load(Ordering::SeqCst) < TOTAL);
+}
+
+/// How a [`streaming_origin`]'s body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Streamed {
+    Going,
+    /// Every byte was handed to the connection.
+    Whole,
+    /// The proxy dropped the body before its end.
+    Dropped,
+}
+
 /// An origin that streams `total` bytes of `x` in chunks (no Content-Length),
-/// counting what it has handed to its connection, and says when it is done.
+/// counting what it has handed to its connection, and says how the body ended.
 async fn streaming_origin(
     chunk: usize,
     total: u64,
     produced: Arc<AtomicU64>,
-    done: tokio::sync::watch::Sender<bool>,
+    done: tokio::sync::watch::Sender<Streamed>,
 ) -> std::net::SocketAddr {
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -313,12 +362,13 @@ async fn streaming_origin(
                                     .await
                                     .is_err()
                                 {
+                                    done.send_replace(Streamed::Dropped);
                                     return;
                                 }
                                 sent += chunk as u64;
                                 produced.store(sent, Ordering::SeqCst);
                             }
-                            done.send_replace(true);
+                            done.send_replace(Streamed::Whole);
                         });
                         let body = http_body_util::StreamBody::new(ReceiverStream(rx));
                         let mut res = http::Response::new(body);

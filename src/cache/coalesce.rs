@@ -312,6 +312,17 @@ pub struct SharedBody {
     len: Option<u64>,
 }
 
+/// Whether a fetch may read more of a shared body's origin ([`SharedBody::room_now`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Read on: the body may still be stored, or its readers keep up.
+    Free,
+    /// More than [`STREAM_WINDOW`] is held for the slowest reader: wait for it.
+    Full,
+    /// A stream nobody reads any more: stop reading the origin.
+    Unread,
+}
+
 /// Most bytes a streaming shared body holds for its slowest reader.
 pub const STREAM_WINDOW: usize = 1 << 20;
 
@@ -364,34 +375,28 @@ impl SharedBody {
         self.lock().held
     }
 
-    /// Does the fetch have to wait for a reader before it reads on?
-    pub fn full(&self) -> bool {
+    /// May the fetch read on now?
+    pub fn room_now(&self) -> Room {
         let s = self.lock();
-        s.streaming && s.held > STREAM_WINDOW && !s.readers.is_empty()
-    }
-
-    /// Waits until the body has room (see [`SharedBody::full`]). `false` when no
-    /// reader is left on a streaming body: nobody needs the rest of it.
-    pub async fn room(&self) -> bool {
-        loop {
-            {
-                let s = self.lock();
-                if s.streaming && s.readers.is_empty() {
-                    return false;
-                }
-                if !(s.streaming && s.held > STREAM_WINDOW) {
-                    return true;
-                }
-            }
-            // A reader that moves on leaves a permit: no wake-up is lost between
-            // the check above and this wait.
-            self.room.notified().await;
+        match (s.streaming, s.readers.is_empty()) {
+            (true, true) => Room::Unread,
+            (true, false) if s.held > STREAM_WINDOW => Room::Full,
+            _ => Room::Free,
         }
     }
 
-    /// Readers reading now.
-    pub fn readers(&self) -> usize {
-        self.lock().readers.len()
+    /// Waits while the body is [`Room::Full`]; `false` when no reader is left on a
+    /// streaming body (nobody needs the rest of it).
+    pub async fn room(&self) -> bool {
+        loop {
+            match self.room_now() {
+                Room::Free => return true,
+                Room::Unread => return false,
+                // A reader that moves on leaves a permit: no wake-up is lost
+                // between the check and this wait.
+                Room::Full => self.room.notified().await,
+            }
+        }
     }
 
     /// A reader from the first byte; `None` once the body is only a stream.
@@ -434,40 +439,37 @@ impl http_body::Body for SharedReader {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.done {
+        let SharedReader { body, id, done } = &mut *self;
+        if *done {
             return Poll::Ready(None);
         }
-        let id = self.id;
-        let shared = self.body.clone();
-        let mut guard = shared.lock();
+        let mut guard = body.lock();
         let s = &mut *guard;
-        let Some(next) = s.readers.get(&id).map(|p| p.next) else {
+        let Some(next) = s.readers.get(id).map(|p| p.next) else {
             return Poll::Ready(None);
         };
         if let Some(chunk) = next.checked_sub(s.first).and_then(|i| s.chunks.get(i)) {
             let chunk = chunk.clone();
-            if let Some(p) = s.readers.get_mut(&id) {
+            if let Some(p) = s.readers.get_mut(id) {
                 p.next += 1;
             }
             if s.streaming {
                 s.trim();
-                shared.room.notify_one();
+                body.room.notify_one();
             }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         match s.end {
             End::Complete => {
-                drop(guard);
-                self.done = true;
+                *done = true;
                 Poll::Ready(None)
             }
             End::Failed => {
-                drop(guard);
-                self.done = true;
+                *done = true;
                 Poll::Ready(Some(Err("origin body failed".into())))
             }
             End::Open => {
-                if let Some(p) = s.readers.get_mut(&id) {
+                if let Some(p) = s.readers.get_mut(id) {
                     p.waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
@@ -480,10 +482,7 @@ impl http_body::Body for SharedReader {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.body.len {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
+        crate::body::size_hint(self.body.len)
     }
 }
 
@@ -534,7 +533,11 @@ mod tests {
         // Everything is held for both readers: at the window, no room yet wanted.
         assert_eq!(body.held(), STREAM_WINDOW);
         body.push(chunk.clone());
-        assert!(body.full(), "past the window the fetch waits");
+        assert_eq!(
+            body.room_now(),
+            Room::Full,
+            "past the window the fetch waits"
+        );
         for _ in 0..5 {
             fast.frame().await.unwrap().unwrap();
         }

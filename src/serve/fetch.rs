@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use crate::body::{self, Body};
-use crate::coalesce::{FlightGuard, Flights, Interest, Join, Shared, SharedBody};
+use crate::coalesce::{FlightGuard, Flights, Interest, Join, Room, Shared, SharedBody};
 use crate::conditional::{self, RangeAnswer};
 use crate::config::Settings;
 use crate::directives::Directives;
@@ -1232,19 +1232,25 @@ impl Fetcher {
                             read += data.len() as u64;
                             collected.push(&data);
                             if collected.too_large() && guard.is_some() {
-                                // Next time, skip the queue: this object does not fit.
+                                // Next time, skip the queue: this object does not fit;
+                                // and the flight ends here.
                                 uncacheable.insert(key.digest, ());
-                                guard = None;
+                                drop(guard.take());
                                 shared.stream();
                             }
                             shared.push(data);
-                            if shared.full() {
-                                let _paused = flights.paused();
-                                if !shared.room().await {
-                                    debug!(key = %key.full, "no reader left for a body too large to store");
-                                    shared.finish(false);
-                                    return;
+                            let room = match shared.room_now() {
+                                Room::Free => true,
+                                Room::Unread => false,
+                                Room::Full => {
+                                    let _paused = flights.paused();
+                                    shared.room().await
                                 }
+                            };
+                            if !room {
+                                debug!(key = %key.full, "no reader left for a body too large to store");
+                                shared.finish(false);
+                                return;
                             }
                         }
                     }
