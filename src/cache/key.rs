@@ -165,6 +165,25 @@ pub struct KeyRules {
 
 impl KeyRules {
     /// The rule for a request (`host` already normalized).
+    /// The key of `scheme://host_norm` + `path_and_query` for these request fields,
+    /// under the rule of its route.
+    pub fn key(
+        &self,
+        scheme: &str,
+        host_norm: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> CacheKey {
+        let path = path_and_query.split('?').next().unwrap_or("/");
+        primary_key(
+            self.rule_for(host_norm, path),
+            scheme,
+            host_norm,
+            path_and_query,
+            headers,
+        )
+    }
+
     pub fn rule_for(&self, host: &str, path: &str) -> &KeyRule {
         self.routes
             .iter()
@@ -513,16 +532,25 @@ pub fn primary_key(
     CacheKey::new(full)
 }
 
+/// An absolute http(s) URL as keys take it: its scheme, normalized host, and path
+/// and query. `None` for anything else.
+pub fn absolute_url(url: &str) -> Option<(&'static str, String, String)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = match uri.scheme_str()? {
+        "http" => "http",
+        "https" => "https",
+        _ => return None,
+    };
+    let host = normalize_host(uri.authority()?.as_str(), scheme).into_owned();
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    Some((scheme, host, pq))
+}
+
 /// The key of an absolute http(s) URL, as a plain request for it would have (no
 /// keyed header or cookie values): what a purge by URL invalidates.
 pub fn url_key(rules: &KeyRules, url: &str) -> Option<CacheKey> {
-    let uri: http::Uri = url.parse().ok()?;
-    let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
-    let host = normalize_host(uri.authority()?.as_str(), scheme);
-    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    let path = pq.split('?').next().unwrap_or("/");
-    let rule = rules.rule_for(&host, path);
-    Some(primary_key(rule, scheme, &host, pq, &HeaderMap::new()))
+    let (scheme, host, pq) = absolute_url(url)?;
+    Some(rules.key(scheme, &host, &pq, &HeaderMap::new()))
 }
 
 /// The header names a response varies on (lowercased by `HeaderName`, deduplicated,
@@ -665,6 +693,33 @@ mod tests {
         ];
         for (host, ok) in cases {
             assert_eq!(valid_host(host), *ok, "{host:?}");
+        }
+    }
+
+    #[test]
+    fn absolute_urls_as_keys_take_them() {
+        type Parts<'a> = Option<(&'a str, &'a str, &'a str)>;
+        let cases: &[(&str, Parts)] = &[
+            (
+                "http://Shop.Example:80/a?b=1",
+                Some(("http", "shop.example", "/a?b=1")),
+            ),
+            (
+                "https://shop.example:443",
+                Some(("https", "shop.example", "/")),
+            ),
+            (
+                "https://shop.example:80/x",
+                Some(("https", "shop.example:80", "/x")),
+            ),
+            ("ftp://shop.example/x", None),
+            ("/relative", None),
+            ("not a url", None),
+        ];
+        for (url, want) in cases {
+            let got = absolute_url(url);
+            let got = got.as_ref().map(|(s, h, p)| (*s, h.as_str(), p.as_str()));
+            assert_eq!(got, *want, "{url}");
         }
     }
 

@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
 use tracing::info;
 
 use crate::coalesce::Flights;
@@ -216,11 +215,7 @@ fn scope_check(token: &Token, purge: &Purge) -> Result<(), String> {
         if !can(Operation::Url) {
             return Err(format!("token `{}` may not purge by URL", token.name));
         }
-        let host = u.parse::<Uri>().ok().and_then(|u| {
-            let scheme = u.scheme_str().unwrap_or("http").to_string();
-            u.authority()
-                .map(|a| key::normalize_host(a.as_str(), &scheme).into_owned())
-        });
+        let host = key::absolute_url(u).map(|(_, host, _)| host);
         if !host.as_deref().is_some_and(host_ok) {
             return Err(format!(
                 "URL {u:?} is outside the hosts of token `{}`",

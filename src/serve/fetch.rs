@@ -367,30 +367,13 @@ impl Fetcher {
     /// The key of a `Location`/`Content-Location` value, if it names the same origin.
     fn same_origin_key(&self, ctx: &Ctx, value: &HeaderValue) -> Option<CacheKey> {
         let v = value.to_str().ok()?.trim();
+        let rules = &self.cfg().key_rules;
         if v.starts_with('/') && !v.starts_with("//") {
-            return Some(self.key_for(ctx.client.scheme, ctx.host_norm(), v, &ctx.headers));
+            return Some(rules.key(ctx.client.scheme, ctx.host_norm(), v, &ctx.headers));
         }
-        let uri: Uri = v.parse().ok()?;
-        let scheme = uri.scheme_str()?;
-        let authority = uri.authority()?.as_str();
-        let host = key::normalize_host(authority, scheme);
-        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        let (scheme, host, pq) = key::absolute_url(v)?;
         let same = scheme == ctx.client.scheme && host == ctx.host_norm();
-        same.then(|| self.key_for(scheme, &host, pq, &ctx.headers))
-    }
-
-    /// The key another URL on this proxy would have for this request's headers.
-    pub(crate) fn key_for(
-        &self,
-        scheme: &str,
-        host_norm: &str,
-        path_and_query: &str,
-        headers: &HeaderMap,
-    ) -> CacheKey {
-        let path = path_and_query.split('?').next().unwrap_or("/");
-        let cfg = self.cfg();
-        let rule = cfg.key_rules.rule_for(host_norm, path);
-        key::primary_key(rule, scheme, host_norm, path_and_query, headers)
+        same.then(|| rules.key(scheme, &host, &pq, &ctx.headers))
     }
 
     /// Builds the request to the origin: its URI, hop-by-hop fields removed, `Host`,
