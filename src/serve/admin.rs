@@ -19,18 +19,15 @@ use subtle::ConstantTimeEq;
 use tracing::info;
 
 use crate::body::{self, Body};
-use crate::coalesce::Flights;
 use crate::config::Settings;
 use crate::config::{Operation, Token};
 use crate::fetch::Fetcher;
 use crate::key::CacheKey;
-use crate::metrics::Metrics;
 use crate::origin::Origins;
 use crate::proxy::{ReloadError, ReloadReport};
 use crate::purge::Purger;
 use crate::purge::{Purge, Refused, Requester};
 use crate::request::ClientInfo;
-use crate::store::Store;
 
 /// Largest purge request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
@@ -56,33 +53,22 @@ fn problem(status: StatusCode, message: &str) -> Response<Body> {
 /// to its [`Purger`].
 pub struct Admin {
     config: Arc<arc_swap::ArcSwap<Settings>>,
+    /// The store, the flights, the origins and the metrics it reports on.
     fetcher: Arc<Fetcher>,
-    store: Arc<Store>,
-    flights: Arc<Flights>,
-    metrics: Arc<Metrics>,
     purger: Purger,
 }
 
 impl Admin {
-    pub(crate) fn new(
-        config: Arc<arc_swap::ArcSwap<Settings>>,
-        fetcher: Arc<Fetcher>,
-        store: Arc<Store>,
-        flights: Arc<Flights>,
-        metrics: Arc<Metrics>,
-    ) -> Admin {
+    pub(crate) fn new(config: Arc<arc_swap::ArcSwap<Settings>>, fetcher: Arc<Fetcher>) -> Admin {
         let purger = Purger::new(
-            store.clone(),
-            flights.clone(),
-            metrics.clone(),
+            fetcher.store.clone(),
+            fetcher.flights.clone(),
+            fetcher.metrics.clone(),
             config.load().admin.request_id_window,
         );
         Admin {
             config,
             fetcher,
-            store,
-            flights,
-            metrics,
             purger,
         }
     }
@@ -173,7 +159,7 @@ impl Admin {
                     return problem(StatusCode::FORBIDDEN, "client address not allowed");
                 }
                 self.refresh_gauges();
-                let mut res = Response::new(body::full(self.metrics.render()));
+                let mut res = Response::new(body::full(self.fetcher.metrics.render()));
                 res.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -331,13 +317,14 @@ impl Admin {
     }
 
     fn refresh_gauges(&self) {
-        self.metrics.set_store(
-            self.store.len(),
-            self.store.weighted_size(),
-            self.store.tag_index_len(),
+        self.fetcher.metrics.set_store(
+            self.fetcher.store.len(),
+            self.fetcher.store.weighted_size(),
+            self.fetcher.store.tag_index_len(),
         );
         for u in self.origins().list() {
-            self.metrics
+            self.fetcher
+                .metrics
                 .set_origin_health(&u.settings.name, u.is_healthy());
         }
     }
@@ -345,12 +332,13 @@ impl Admin {
     /// The figures of `GET /stats`: the metrics, as JSON for people.
     pub fn stats(&self) -> serde_json::Value {
         let requests: serde_json::Map<String, serde_json::Value> = self
+            .fetcher
             .metrics
             .requests_by_outcome()
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.into()))
             .collect();
-        let activity = *self.flights.activity().borrow();
+        let activity = *self.fetcher.flights.activity().borrow();
         let origins: Vec<serde_json::Value> = self
             .origins()
             .list()
@@ -358,15 +346,15 @@ impl Admin {
             .map(|u| serde_json::json!({ "name": u.settings.name, "healthy": u.is_healthy() }))
             .collect();
         serde_json::json!({
-            "entries": self.store.len(),
-            "bytes": self.store.weighted_size(),
-            "tag_index": self.store.tag_index_len(),
-            "purge_marks": self.store.purge_marks(),
-            "sweep_shards_scanned": self.store.shards_swept(),
+            "entries": self.fetcher.store.len(),
+            "bytes": self.fetcher.store.weighted_size(),
+            "tag_index": self.fetcher.store.tag_index_len(),
+            "purge_marks": self.fetcher.store.purge_marks(),
+            "sweep_shards_scanned": self.fetcher.store.shards_swept(),
             "requests": requests,
-            "coalesced_waiters": self.metrics.coalesced_waiters.get(),
-            "background_revalidations": self.metrics.background_revalidations.get(),
-            "evictions": self.metrics.evictions.get(),
+            "coalesced_waiters": self.fetcher.metrics.coalesced_waiters.get(),
+            "background_revalidations": self.fetcher.metrics.background_revalidations.get(),
+            "evictions": self.fetcher.metrics.evictions.get(),
             "flights": activity.flights,
             "waiters": activity.waiters,
             "origins": origins,

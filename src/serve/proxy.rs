@@ -45,9 +45,6 @@ pub struct Proxy {
     pub(crate) fetcher: Arc<Fetcher>,
     /// Re-reads the configuration for SIGHUP and `POST /reload` (set by the binary).
     reloader: std::sync::Mutex<Option<Reloader>>,
-    store: Arc<Store>,
-    flights: Arc<Flights>,
-    metrics: Arc<crate::metrics::Metrics>,
     /// The admin API and `PURGE` (admin.rs), with the purger.
     admin: crate::admin::Admin,
 }
@@ -189,31 +186,22 @@ impl Proxy {
             flights.clone(),
             metrics.clone(),
         ));
-        let admin = crate::admin::Admin::new(
-            config.clone(),
-            fetcher.clone(),
-            store.clone(),
-            flights.clone(),
-            metrics.clone(),
-        );
+        let admin = crate::admin::Admin::new(config.clone(), fetcher.clone());
         Arc::new(Proxy {
-            metrics,
             admin,
             reloader: std::sync::Mutex::new(None),
             config,
             fetcher,
-            store,
-            flights,
         })
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.fetcher.store
     }
 
     /// The metrics registry.
     pub fn metrics(&self) -> &crate::metrics::Metrics {
-        &self.metrics
+        &self.fetcher.metrics
     }
 
     /// The origins and their health.
@@ -247,7 +235,7 @@ impl Proxy {
         let restart_required = new.keep_restart_only(&old);
         let origins_changed = new.origins_differ(&old);
         if origins_changed {
-            let origins = Origins::new(&new.origins, self.metrics.clone());
+            let origins = Origins::new(&new.origins, self.fetcher.metrics.clone());
             origins.spawn_health_checks();
             // The old origins (and their health checks) go when the last request
             // using them is done.
@@ -285,7 +273,7 @@ impl Proxy {
 
     /// The coalescing state (flights in progress, waiters).
     pub fn flights(&self) -> &Flights {
-        &self.flights
+        &self.fetcher.flights
     }
 
     /// The configuration in force (a cheap `Arc` clone; a reload swaps it whole).
@@ -311,7 +299,7 @@ impl Proxy {
         let started = s.access_log.then(std::time::Instant::now);
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > s.max_uri_bytes {
-            self.metrics.request("rejected");
+            self.fetcher.metrics.request("rejected");
             return answered(plain(StatusCode::URI_TOO_LONG, "414 URI Too Long\n"));
         }
         // One pass over the request's fields for what the checks below need.
@@ -340,7 +328,7 @@ impl Proxy {
             strip |= s.strip_request_headers.contains(n);
         }
         if head_bytes + uri_len > s.max_header_bytes {
-            self.metrics.request("rejected");
+            self.fetcher.metrics.request("rejected");
             return answered(plain(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "431 Request Header Fields Too Large\n",
@@ -355,7 +343,7 @@ impl Proxy {
             ));
         }
         if let Some(refusal) = refused_target(&req, host_field.as_ref()) {
-            self.metrics.request("rejected");
+            self.fetcher.metrics.request("rejected");
             return answered(refusal);
         }
 
@@ -430,8 +418,8 @@ impl Proxy {
                 &ctx.client,
             ));
         }
-        let this = self.clone();
         if !cacheable {
+            let this = self.clone();
             return pending(async move {
                 let mut res = this.fetcher.pass(&ctx, body).await;
                 this.done(&ctx, &mut res, started, &this.cfg());
@@ -443,11 +431,14 @@ impl Proxy {
                 self.done(&ctx, &mut res, started, s);
                 answered(res)
             }
-            Err((stale, fwd)) => pending(async move {
-                let mut res = this.fetcher.fetch(&ctx, stale, fwd).await;
-                this.done(&ctx, &mut res, started, &this.cfg());
-                res
-            }),
+            Err((stale, fwd)) => {
+                let this = self.clone();
+                pending(async move {
+                    let mut res = this.fetcher.fetch(&ctx, stale, fwd).await;
+                    this.done(&ctx, &mut res, started, &this.cfg());
+                    res
+                })
+            }
         }
     }
 
