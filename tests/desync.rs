@@ -123,7 +123,9 @@ async fn chunked_trailers_never_become_request_fields() {
         "POST /form HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Original-URL: /admin\r\nHost: evil.example\r\n\r\n{SMUGGLED}"
     );
     let (_, seen) = attempt(request.as_bytes()).await;
-    for s in seen.iter().filter(|s| s.uri.path() == "/form") {
+    let forms: Vec<&Seen> = seen.iter().filter(|s| s.uri.path() == "/form").collect();
+    assert_eq!(forms.len(), 1, "the POST is forwarded once, its trailers dropped");
+    for s in forms {
         assert_eq!(s.body, "hello");
         assert_eq!(s.header("x-original-url"), None);
         assert_ne!(s.header("host"), Some("evil.example"));
