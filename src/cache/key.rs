@@ -218,44 +218,49 @@ pub fn valid_host_bytes(host: &[u8]) -> bool {
     }
     match colon {
         None => true,
-        Some(i) => i > 0 && host.len() - i <= 6 && host[i + 1..].iter().all(u8::is_ascii_digit),
+        Some(i) => i > 0 && valid_port(&host[i + 1..]),
     }
 }
 
-/// Unreserved characters (RFC 3986 §2.3).
+/// Unreserved characters (RFC 3986 §2.3), as a table.
 static UNRESERVED: [bool; 256] = {
     let mut t = [false; 256];
     let mut c = 0;
     while c < 256 {
-        let b = c as u8;
-        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        t[c] = is_unreserved(c as u8);
         c += 1;
     }
     t
 };
 
+/// A port of at most five digits (empty: the default port).
+fn valid_port(port: &[u8]) -> bool {
+    port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+}
+
+/// What the fast path passes over: an IPv6 literal, percent-escapes, and anything
+/// that is no host at all.
 fn valid_host_slow(b: &[u8]) -> bool {
-    let (name, port) = if let Some(rest) = b.strip_prefix(b"[") {
+    if let Some(rest) = b.strip_prefix(b"[") {
         // IP-literal: an IPv6 address in brackets (IPvFuture is not accepted).
         let Some(close) = rest.iter().position(|&c| c == b']') else {
             return false;
         };
-        let literal = std::str::from_utf8(&rest[..close]).unwrap_or_default();
-        if literal.parse::<std::net::Ipv6Addr>().is_err() {
-            return false;
-        }
-        match &rest[close + 1..] {
-            [] => (&b[..0], None),
-            [b':', port @ ..] => (&b[..0], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match b.iter().rposition(|&c| c == b':') {
-            Some(i) => (&b[..i], Some(&b[i + 1..])),
-            None => (b, None),
-        }
+        let ipv6 = std::str::from_utf8(&rest[..close])
+            .is_ok_and(|l| l.parse::<std::net::Ipv6Addr>().is_ok());
+        return ipv6
+            && match &rest[close + 1..] {
+                [] => true,
+                [b':', port @ ..] => valid_port(port),
+                _ => false,
+            };
+    }
+    let (name, port) = match b.iter().rposition(|&c| c == b':') {
+        Some(i) => (&b[..i], Some(&b[i + 1..])),
+        None => (b, None),
     };
-    if port.is_some_and(|p| p.len() > 5 || !p.iter().all(u8::is_ascii_digit)) {
+    // A port needs a host before it.
+    if port.is_some_and(|p| name.is_empty() || !valid_port(p)) {
         return false;
     }
     let mut i = 0;
@@ -271,8 +276,7 @@ fn valid_host_slow(b: &[u8]) -> bool {
             _ => return false,
         }
     }
-    // A port needs a host before it.
-    !(name.is_empty() && port.is_some() && !b.starts_with(b"["))
+    true
 }
 
 /// The request target a key was built from (its normalized path and query, what the
@@ -329,7 +333,7 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 

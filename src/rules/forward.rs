@@ -86,10 +86,6 @@ impl HeaderSet {
         }
     }
 
-    pub fn names(&self) -> &[HeaderName] {
-        &self.names
-    }
-
     /// On every field of every request: the masks answer almost all of them.
     #[inline]
     pub fn contains(&self, name: &HeaderName) -> bool {
