@@ -1108,10 +1108,7 @@ impl Fetcher {
                     // behalf, as after any unshareable answer.
                     Err(reason) => {
                         self.store.invalidate(&ctx.key);
-                        if uncacheable_for_everyone(reason) && !self.cfg().uncacheable_ttl.is_zero()
-                        {
-                            self.uncacheable.insert(ctx.key.digest, ());
-                        }
+                        self.remember_unshareable(&ctx.key, reason);
                         publish(Shared::Uncacheable(reason));
                         let outcome = Outcome::forwarded(job.fwd, 304, Some(reason));
                         Own::Response(self.serve_stored(ctx, &updated, outcome, SystemTime::now()))
@@ -1127,9 +1124,7 @@ impl Fetcher {
                     // The origin no longer lets us keep what we had: drop it.
                     self.store.invalidate(&ctx.key);
                 }
-                if uncacheable_for_everyone(reason) && !self.cfg().uncacheable_ttl.is_zero() {
-                    self.uncacheable.insert(ctx.key.digest, ());
-                }
+                self.remember_unshareable(&ctx.key, reason);
                 publish(Shared::Uncacheable(reason));
                 let outcome = Outcome::forwarded(job.fwd, status.as_u16(), Some(reason));
                 Own::Response(self.respond_fresh(ctx, response, &outcome, None))
@@ -1179,6 +1174,14 @@ impl Fetcher {
                     }
                 }
             }
+        }
+    }
+
+    /// An answer that cannot be shared, for a reason that belongs to the URL (not
+    /// to this request): the key skips the wait queue for `cache.uncacheable_ttl`.
+    fn remember_unshareable(&self, key: &CacheKey, reason: NotStored) {
+        if uncacheable_for_everyone(reason) && !self.cfg().uncacheable_ttl.is_zero() {
+            self.uncacheable.insert(key.digest, ());
         }
     }
 
