@@ -1069,6 +1069,12 @@ impl Settings {
                 "must be greater than zero",
             ));
         }
+        if s.h2_idle_timeout.is_zero() {
+            return Err(err("server.h2_idle_timeout", "must be greater than zero"));
+        }
+        if s.h2_max_streams == 0 {
+            return Err(err("server.h2_max_streams", "must be at least 1"));
+        }
         let max_header_bytes = s.max_header_bytes.as_u64();
         if !(1024..=1024 * 1024).contains(&max_header_bytes) {
             return Err(err(
@@ -1279,8 +1285,8 @@ impl Settings {
             )?),
             debug_headers: s.debug_headers,
             drain_timeout: s.drain_timeout,
-            h2_max_streams: s.h2_max_streams.max(1),
-            h2_idle_timeout: s.h2_idle_timeout.max(Duration::from_millis(10)),
+            h2_max_streams: s.h2_max_streams,
+            h2_idle_timeout: s.h2_idle_timeout,
             max_origin_requests_per_connection: s.max_origin_requests_per_connection,
             access_log: file.log.access,
             tls: match &s.tls {
@@ -1370,6 +1376,8 @@ mod tests {
             ("", "origins"),
             ("[vary]\nnormalizers = [{ header = \"accept\", kind = \"magic\" }]\n", "vary.normalizers[0].kind"),
             ("[vary]\nnormalizers = [{ header = \"accept-language\", kind = \"language\" }]\n[[origins]]\nurl=\"http://a\"\n", "vary.normalizers[0].languages"),
+            ("[server]\nh2_max_streams = 0\n[[origins]]\nurl=\"http://a\"\n", "server.h2_max_streams"),
+            ("[server]\nh2_idle_timeout = \"0s\"\n[[origins]]\nurl=\"http://a\"\n", "server.h2_idle_timeout"),
             ("[vary]\nnormalizers = [{ header = \"accept-language\", kind = \"language\", languages = [\"EN\", \"en\"] }]\n[[origins]]\nurl=\"http://a\"\n", "vary.normalizers[0].languages[1]"),
             ("[vary]\nnormalizers = [{ header = \"accept-language\", kind = \"language\", languages = [\"en\", \"x-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"] }]\n[[origins]]\nurl=\"http://a\"\n", "vary.normalizers[0].languages[1]"),
             ("[vary]\nallow_private = [\"accept\"]\n[[origins]]\nurl=\"http://a\"\n", "vary.allow_private[0]"),
