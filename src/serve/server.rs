@@ -191,14 +191,15 @@ async fn serve<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let per_connection = proxy.settings().max_origin_requests_per_connection;
+    let settings = proxy.settings();
+    let per_connection = settings.max_origin_requests_per_connection;
     let client = ClientInfo {
         addr: peer,
         scheme,
         budget: (per_connection > 0).then(|| Arc::new(tokio::sync::Semaphore::new(per_connection))),
     };
-    let timeout = proxy.settings().header_read_timeout;
-    let proxy_idle = proxy.settings().h2_idle_timeout;
+    let (timeout, idle) = (settings.header_read_timeout, settings.h2_idle_timeout);
+    drop(settings);
     // Until the first request starts, the connection is on the clock: telling
     // HTTP/1 from HTTP/2 waits for the client's first bytes, and a client that
     // sends nothing (or part of the HTTP/2 preface) must not hold it forever.
@@ -219,7 +220,6 @@ async fn serve<IO>(
     // Shutdown and the head clock are watched by a task of their own, so that the
     // connection's many wake-ups (a few per request) poll only the connection.
     let events = Arc::new(ConnectionEvents::default());
-    let idle = proxy_idle;
     let _watcher = AbortOnDrop(tokio::spawn(watch_connection(
         events.clone(),
         clock,
