@@ -742,6 +742,27 @@ async fn a_pass_through_request_whose_stream_was_reset_is_cancelled() {
     };
     // The POST is at the origin, holding the connection's one slot...
     arrivals.recv().await.unwrap();
+    // (A second one waits for the slot; reset while waiting, it is counted out.)
+    let queued = {
+        let mut send = send.clone();
+        tokio::spawn(async move {
+            let req = http::Request::post("http://shop.example/queued")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let _ = send.send_request(req).await;
+        })
+    };
+    let mut waits = proxy.running.proxy.budget_waits();
+    tokio::time::timeout(Duration::from_secs(20), waits.wait_for(|n| *n == 1))
+        .await
+        .expect("the second POST waits for the slot")
+        .unwrap();
+    queued.abort();
+    let _ = queued.await;
+    tokio::time::timeout(Duration::from_secs(20), waits.wait_for(|n| *n == 0))
+        .await
+        .expect("a reset request no longer counts as waiting")
+        .unwrap();
     // ...when its stream is reset: the proxy drops it, and the slot is free again.
     upload.abort();
     let _ = upload.await;

@@ -124,6 +124,15 @@ pub struct Fetcher {
     budget_waits: tokio::sync::watch::Sender<usize>,
 }
 
+/// One origin request waiting for its connection's budget ([`Fetcher::origin_slot`]).
+struct Waiting<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
 impl Fetcher {
     pub(crate) fn new(
         config: Arc<arc_swap::ArcSwap<Settings>>,
@@ -195,9 +204,10 @@ impl Fetcher {
             return Some(permit);
         }
         self.budget_waits.send_modify(|n| *n += 1);
-        let permit = budget.acquire_owned().await.ok();
-        self.budget_waits.send_modify(|n| *n -= 1);
-        permit
+        // Counted out however the wait ends: a request whose stream is reset drops
+        // this future mid-wait.
+        let _waiting = Waiting(&self.budget_waits);
+        budget.acquire_owned().await.ok()
     }
 
     /// Goes to the origins with one request (`build` makes it for the origin
