@@ -239,13 +239,21 @@ async fn a_304_with_set_cookie_never_reaches_the_waiting_clients() {
 
 // 5. A body too large to store is read from the origin at its client's pace.
 
-#[tokio::test]
-async fn a_slow_client_holds_back_a_chunked_body_too_large_to_store() {
-    const CHUNK: usize = 64 * 1024;
-    const TOTAL: u64 = 128 * 1024 * 1024;
+const TOTAL: u64 = 128 * 1024 * 1024;
+
+/// A client that has asked for a 128 MiB chunked body through a proxy whose
+/// `max_object_size` is 1 MiB, and what its origin has produced so far.
+struct BigBody {
+    proxy: Proxy,
+    client: TcpStream,
+    produced: Arc<AtomicU64>,
+    done_rx: tokio::sync::watch::Receiver<Streamed>,
+}
+
+async fn big_body() -> BigBody {
     let produced = Arc::new(AtomicU64::new(0));
-    let (done_tx, mut done_rx) = tokio::sync::watch::channel(Streamed::Going);
-    let origin = streaming_origin(CHUNK, TOTAL, produced.clone(), done_tx).await;
+    let (done_tx, done_rx) = tokio::sync::watch::channel(Streamed::Going);
+    let origin = streaming_origin(64 * 1024, TOTAL, produced.clone(), done_tx).await;
     let proxy = Proxy::start_url(&format!("http://{origin}"), |c| {
         c.cache.max_object_size = bytesize::ByteSize::mib(1);
     })
@@ -255,6 +263,22 @@ async fn a_slow_client_holds_back_a_chunked_body_too_large_to_store() {
         .write_all(b"GET /big HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
+    BigBody {
+        proxy,
+        client,
+        produced,
+        done_rx,
+    }
+}
+
+#[tokio::test]
+async fn a_slow_client_holds_back_a_chunked_body_too_large_to_store() {
+    let BigBody {
+        proxy,
+        mut client,
+        produced,
+        mut done_rx,
+    } = big_body().await;
     // Read the head only, then stop reading.
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -283,20 +307,12 @@ async fn a_slow_client_holds_back_a_chunked_body_too_large_to_store() {
 
 #[tokio::test]
 async fn a_body_too_large_to_store_is_no_longer_read_once_its_client_leaves() {
-    const CHUNK: usize = 64 * 1024;
-    const TOTAL: u64 = 128 * 1024 * 1024;
-    let produced = Arc::new(AtomicU64::new(0));
-    let (done_tx, mut done_rx) = tokio::sync::watch::channel(Streamed::Going);
-    let origin = streaming_origin(CHUNK, TOTAL, produced.clone(), done_tx).await;
-    let proxy = Proxy::start_url(&format!("http://{origin}"), |c| {
-        c.cache.max_object_size = bytesize::ByteSize::mib(1);
-    })
-    .await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(b"GET /big HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let BigBody {
+        proxy: _proxy,
+        mut client,
+        produced,
+        mut done_rx,
+    } = big_body().await;
     // Read past max_object_size (the body is a stream by then), then leave.
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0;
