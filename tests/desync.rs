@@ -124,7 +124,11 @@ async fn chunked_trailers_never_become_request_fields() {
     );
     let (_, seen) = attempt(request.as_bytes()).await;
     let forms: Vec<&Seen> = seen.iter().filter(|s| s.uri.path() == "/form").collect();
-    assert_eq!(forms.len(), 1, "the POST is forwarded once, its trailers dropped");
+    assert_eq!(
+        forms.len(),
+        1,
+        "the POST is forwarded once, its trailers dropped"
+    );
     for s in forms {
         assert_eq!(s.body, "hello");
         assert_eq!(s.header("x-original-url"), None);
