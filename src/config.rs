@@ -585,6 +585,54 @@ fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Why a reload changed nothing (the old configuration stays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The reloader's lock was poisoned.
+    Unavailable,
+    /// No reloader was set (a proxy built from settings, not from a file).
+    NoSource,
+    /// The new configuration does not validate.
+    Invalid(ConfigError),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Unavailable => f.write_str("reloader unavailable"),
+            ReloadError::NoSource => f.write_str("no configuration source to reload from"),
+            ReloadError::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+impl crate::error::Kind for ReloadError {
+    fn side(&self) -> crate::error::Side {
+        match self {
+            ReloadError::Invalid(_) => crate::error::Side::Client,
+            ReloadError::Unavailable | ReloadError::NoSource => crate::error::Side::Internal,
+        }
+    }
+
+    /// The old configuration stays; a corrected file can be reloaded.
+    fn retry_safe(&self) -> bool {
+        true
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Changed settings that only a restart applies (their old values stay).
+    pub restart_required: Vec<String>,
+    pub origins_changed: bool,
+}
+
+/// The field name under which the toml crate passes a date-time through serde.
+const TOML_DATETIME_FIELD: &str = "$__toml_private_datetime";
+
 impl ConfigFile {
     /// Parses TOML text; errors carry the dotted path of the offending key.
     pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
@@ -593,7 +641,15 @@ impl ConfigFile {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
-            err(key, e.inner().message().to_string())
+            // toml hands a date-time to serde as a table with one private field: where
+            // a table was expected, that field's name would be the "key".
+            match key.strip_suffix(TOML_DATETIME_FIELD) {
+                Some(key) => err(
+                    key.trim_end_matches('.'),
+                    "a date-time is not a valid value here".to_string(),
+                ),
+                None => err(key, e.inner().message().to_string()),
+            }
         })
     }
 
@@ -1388,6 +1444,8 @@ mod tests {
             ("[key]\nheaders = [\"bad header\"]\n[[origins]]\nurl=\"http://a\"\n", "key.headers[0]"),
             ("[key]\nheaders_fold_case = [\"x-a\"]\n[[origins]]\nurl=\"http://a\"\n", "key.headers_fold_case[0]"),
             ("[key]\nquery_mode = \"sometimes\"\n", "key.query_mode"),
+            // A date-time where a table belongs: the key, not toml's private field.
+            ("[vary]\nnormalizers = [1979-05-27T07:32:00Z]\n", "vary.normalizers[0]"),
         ];
         for (text, key) in cases {
             let e = check(text).expect_err(text);

@@ -23,8 +23,8 @@ pub trait Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReloadError;
     use crate::origin::OriginErrorKind;
-    use crate::proxy::ReloadError;
     use crate::purge::Refused;
 
     #[test]

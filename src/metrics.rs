@@ -2,13 +2,15 @@
 //! same figures as JSON (`GET /stats`). Rendered from the one [`Outcome`] value per
 //! request, like `Cache-Status` and the access log.
 //!
-//! The hit path only increments a pre-resolved counter (an atomic add): no label
-//! lookup, no lock.
+//! A request is counted by finding its outcome label among the fixed outcomes (a
+//! search of a short array, `hit` first) and an atomic add: no lock, no map. Figures
+//! another owner keeps (the store's evictions) are read at scrape time.
 //!
 //! [`Outcome`]: crate::outcome::Outcome
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -65,22 +67,45 @@ pub struct Metrics {
     pub coalesced_waiters: Counter,
     pub background_revalidations: Counter,
     purges: Family<PurgeLabel, Counter>,
-    pub evictions: Counter,
     entries: Gauge,
     bytes: Gauge,
     tag_index: Gauge,
     origin_healthy: Family<OriginLabel, Gauge>,
 }
 
+/// A counter another owner keeps, read when the metrics are scraped.
+struct ReadCounter {
+    name: &'static str,
+    help: &'static str,
+    read: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReadCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCounter")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Collector for ReadCounter {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new((self.read)());
+        let metric =
+            encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
+        counter.encode(metric)
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new(Counter::default())
+        Metrics::new(|| 0)
     }
 }
 
 impl Metrics {
-    /// `evictions` is the store's own counter (bumped by its eviction listener).
-    pub fn new(evictions: Counter) -> Metrics {
+    /// `evictions` reads the store's count of evictions (at scrape time).
+    pub fn new(evictions: impl Fn() -> u64 + Send + Sync + 'static) -> Metrics {
         let mut registry = Registry::with_prefix("lacquer");
         let requests = Family::<OutcomeLabel, Counter>::default();
         let by_outcome = OUTCOMES.map(|o| {
@@ -122,11 +147,11 @@ impl Metrics {
             "Purge operations by operation, token and softness",
             purges.clone(),
         );
-        registry.register(
-            "evictions",
-            "Entries evicted to stay within the memory budget",
-            evictions.clone(),
-        );
+        registry.register_collector(Box::new(ReadCounter {
+            name: "evictions",
+            help: "Entries evicted to stay within the memory budget",
+            read: Box::new(evictions),
+        }));
         let entries = Gauge::default();
         registry.register("entries", "URLs stored", entries.clone());
         let bytes = Gauge::default();
@@ -151,7 +176,6 @@ impl Metrics {
             coalesced_waiters,
             background_revalidations,
             purges,
-            evictions,
             entries,
             bytes,
             tag_index,
@@ -231,7 +255,7 @@ mod tests {
 
     #[test]
     fn counts_render_in_prometheus_text() {
-        let m = Metrics::default();
+        let m = Metrics::new(|| 7);
         m.request("hit");
         m.request("hit");
         m.request("miss");
@@ -257,6 +281,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("lacquer_entries 3"), "{text}");
+        assert!(text.contains("lacquer_evictions_total 7"), "{text}");
         assert!(
             text.contains("lacquer_origin_response_seconds_bucket"),
             "{text}"

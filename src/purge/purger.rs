@@ -245,7 +245,7 @@ mod tests {
 
     fn purger() -> Purger {
         let store = Arc::new(Store::new(1 << 20, 8));
-        let metrics = Arc::new(Metrics::new(store.evictions.clone()));
+        let metrics = Arc::new(Metrics::default());
         Purger::new(
             store,
             Arc::new(Flights::default()),

@@ -5,7 +5,7 @@
 
 pub mod conditional;
 pub mod directives;
-pub mod forward;
+pub(crate) mod forward;
 pub mod freshness;
-pub mod outcome;
+pub(crate) mod outcome;
 pub mod vary;

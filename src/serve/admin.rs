@@ -21,10 +21,11 @@ use tracing::info;
 use crate::body::{self, Body};
 use crate::config::Settings;
 use crate::config::{Operation, Token};
+use crate::config::{ReloadError, ReloadReport};
+use crate::error::{Kind, Side};
 use crate::fetch::Fetcher;
 use crate::key::CacheKey;
 use crate::origin::Origins;
-use crate::proxy::{ReloadError, ReloadReport};
 use crate::purge::Purger;
 use crate::purge::{Purge, Refused, Requester};
 use crate::request::ClientInfo;
@@ -46,6 +47,20 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
 
 fn problem(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
+}
+
+/// The answer to a failed operation, by its kind: a client's mistake gets
+/// `client_status`, anything else 503. `retry` says whether sending the same request
+/// again is safe (nothing was applied) and may succeed.
+fn failure(client_status: StatusCode, message: &str, kind: &dyn Kind) -> Response<Body> {
+    let status = match kind.side() {
+        Side::Client => client_status,
+        Side::Origin | Side::Internal => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    json(
+        status,
+        &serde_json::json!({ "error": message, "retry": kind.retry_safe() }),
+    )
 }
 
 /// The admin API and the `PURGE` method. It reads the configuration the proxy
@@ -187,9 +202,10 @@ impl Admin {
                     }
                     Err(reason) => {
                         info!(target: "lacquer::audit", token = %token.name, %reason, "reload rejected");
-                        problem(
+                        failure(
                             StatusCode::BAD_REQUEST,
                             &format!("reload rejected, old configuration kept: {reason}"),
+                            &reason,
                         )
                     }
                 }
@@ -311,8 +327,13 @@ impl Admin {
                 }
                 res
             }
-            Err(Refused::Invalid(message)) => problem(StatusCode::BAD_REQUEST, &message),
-            Err(Refused::OutOfScope(message)) => problem(StatusCode::FORBIDDEN, &message),
+            Err(refused) => {
+                let status = match refused {
+                    Refused::OutOfScope(_) => StatusCode::FORBIDDEN,
+                    Refused::Invalid(_) => StatusCode::BAD_REQUEST,
+                };
+                failure(status, &refused.to_string(), &refused)
+            }
         }
     }
 
@@ -354,7 +375,7 @@ impl Admin {
             "requests": requests,
             "coalesced_waiters": self.fetcher.metrics.coalesced_waiters.get(),
             "background_revalidations": self.fetcher.metrics.background_revalidations.get(),
-            "evictions": self.fetcher.metrics.evictions.get(),
+            "evictions": self.fetcher.store.evictions(),
             "flights": activity.flights,
             "waiters": activity.waiters,
             "origins": origins,

@@ -3,10 +3,10 @@
 //! (`origin`), the admin API (`admin`), how responses leave (`render`) and what a
 //! request carries (`request`).
 
-pub mod admin;
-pub mod fetch;
-pub mod origin;
-pub mod proxy;
-pub mod render;
-pub mod request;
+pub(crate) mod admin;
+pub(crate) mod fetch;
+pub(crate) mod origin;
+pub(crate) mod proxy;
+pub(crate) mod render;
+pub(crate) mod request;
 pub mod server;

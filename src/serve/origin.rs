@@ -5,6 +5,8 @@
 //! Errors say what the client should get (502, 503 or 504).
 
 use std::error::Error as _;
+
+use crate::error::Kind as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -76,15 +78,6 @@ impl OriginErrorKind {
                 | OriginErrorKind::ConnectTimeout
         )
     }
-
-    /// True when the request certainly never reached the origin, so sending it
-    /// again cannot repeat its effect.
-    pub fn never_sent(self) -> bool {
-        matches!(
-            self,
-            OriginErrorKind::Unreachable | OriginErrorKind::ConnectTimeout | OriginErrorKind::Busy
-        )
-    }
 }
 
 #[derive(Debug)]
@@ -106,8 +99,13 @@ impl crate::error::Kind for OriginErrorKind {
         }
     }
 
+    /// True when the request certainly never reached the origin, so sending it
+    /// again cannot repeat its effect.
     fn retry_safe(&self) -> bool {
-        self.never_sent()
+        matches!(
+            self,
+            OriginErrorKind::Unreachable | OriginErrorKind::ConnectTimeout | OriginErrorKind::Busy
+        )
     }
 }
 
@@ -401,7 +399,7 @@ impl Origins {
             );
             match result {
                 Ok(res) => return Ok((res, upstream)),
-                Err(e) if e.kind.never_sent() && attempt + 1 < attempts => {
+                Err(e) if e.kind.retry_safe() && attempt + 1 < attempts => {
                     warn!(error = %e, "origin connection failed; retrying once");
                     last = Some(e);
                 }

@@ -26,6 +26,7 @@ use crate::body::Body;
 use crate::coalesce::Flights;
 use crate::conditional;
 use crate::config::Settings;
+use crate::config::{ReloadError, ReloadReport};
 use crate::directives::Directives;
 use crate::fetch::Fetcher;
 use crate::forward;
@@ -118,51 +119,6 @@ fn pending(fut: impl std::future::Future<Output = Response<Body>> + Send + 'stat
     Either::Right(Box::pin(async move { Ok(fut.await) }))
 }
 
-/// Why a reload changed nothing (the old configuration stays).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadError {
-    /// The reloader's lock was poisoned.
-    Unavailable,
-    /// No reloader was set (a proxy built from settings, not from a file).
-    NoSource,
-    /// The new configuration does not validate.
-    Invalid(crate::config::ConfigError),
-}
-
-impl std::fmt::Display for ReloadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReloadError::Unavailable => f.write_str("reloader unavailable"),
-            ReloadError::NoSource => f.write_str("no configuration source to reload from"),
-            ReloadError::Invalid(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for ReloadError {}
-
-impl crate::error::Kind for ReloadError {
-    fn side(&self) -> crate::error::Side {
-        match self {
-            ReloadError::Invalid(_) => crate::error::Side::Client,
-            ReloadError::Unavailable | ReloadError::NoSource => crate::error::Side::Internal,
-        }
-    }
-
-    /// The old configuration stays; a corrected file can be reloaded.
-    fn retry_safe(&self) -> bool {
-        true
-    }
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ReloadReport {
-    /// Changed settings that only a restart applies (their old values stay).
-    pub restart_required: Vec<String>,
-    pub origins_changed: bool,
-}
-
 static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Numbers the configurations the proxies of this process apply (`Settings::generation`).
@@ -177,7 +133,8 @@ impl Proxy {
     pub fn new(settings: Settings) -> Arc<Proxy> {
         let settings = numbered(settings);
         let store = Arc::new(Store::new(settings.max_size, settings.max_variants));
-        let metrics = Arc::new(crate::metrics::Metrics::new(store.evictions.clone()));
+        let counted = store.clone();
+        let metrics = Arc::new(crate::metrics::Metrics::new(move || counted.evictions()));
         let flights = Arc::new(Flights::default());
         let config = Arc::new(arc_swap::ArcSwap::from_pointee(settings));
         let fetcher = Arc::new(Fetcher::new(

@@ -90,8 +90,9 @@ pub struct Store {
     scanned: AtomicU64,
     /// Held by the sweep in progress.
     sweeping: Mutex<()>,
-    /// Entries evicted for space (the metrics register this counter).
-    pub evictions: prometheus_client::metrics::counter::Counter,
+    /// Entries evicted for space (`Store::evictions`; the metrics read it at scrape
+    /// time).
+    evictions: AtomicU64,
 }
 
 /// How many stored variants carry a tag, and the shards they may be in: a bit per
@@ -131,7 +132,7 @@ impl Store {
             swept: AtomicU64::new(0),
             scanned: AtomicU64::new(0),
             sweeping: Mutex::default(),
-            evictions: prometheus_client::metrics::counter::Counter::default(),
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -287,7 +288,7 @@ impl Store {
             match evicted {
                 Some(entry) => {
                     self.gone(&entry);
-                    self.evictions.inc();
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
                     misses = 0;
                 }
                 None => misses += 1,
@@ -510,6 +511,11 @@ impl Store {
     /// cannot cover).
     pub fn shards_swept(&self) -> u64 {
         self.scanned.load(Ordering::Relaxed)
+    }
+
+    /// Entries evicted for space so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// Purge marks currently held.
@@ -815,7 +821,7 @@ mod tests {
             );
             assert!(store.weighted_size() <= 48 << 10);
         }
-        let evicted = store.evictions.get();
+        let evicted = store.evictions();
         assert!(evicted > 900, "{evicted} evictions");
         assert_eq!(store.len() + evicted, 1001);
         // The most recent cold entry is there; the first is long gone.
