@@ -39,6 +39,182 @@ pub struct ConfigFile {
     pub log: LogSection,
     /// `[[origins]]`: the origins, in priority order. The first is the default.
     pub origins: Vec<OriginSection>,
+    /// `[fleet]`: the purge bus shared with other nodes (absent: this node purges
+    /// alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSection>,
+}
+
+/// A node's place in a fleet: shields sit in front of the origin, edges in front
+/// of shields (or of the origin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    #[default]
+    Edge,
+    Shield,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Edge => "edge",
+            Tier::Shield => "shield",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// The Redis that carries the purge stream: `redis://host:port[/db]`.
+    pub redis: String,
+    /// The stream's key; the node records and request ids live beside it.
+    pub stream: String,
+    /// This node's name in the fleet (default: the host name). Unique per node.
+    pub node: Option<String>,
+    pub tier: Tier,
+    /// Purges kept in the stream (trimmed approximately beyond it). A node that was
+    /// away for longer than the stream reaches back revalidates everything it holds.
+    pub retention: u64,
+    /// How often a node records that it is alive (and how long a read blocks).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A node that cannot read the stream for longer than this reuses a stored
+    /// response only if it revalidated it within the last `max_lag`.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+    /// A node without a heartbeat for this long is `down` (default: 3 heartbeats).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub down_after: Option<Duration>,
+    /// A node down for this long is no longer listed (nor waited for).
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
+    /// How long a shield waits to catch up with the purge an edge has applied
+    /// before it answers that edge without its cache.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_wait: Duration,
+    /// Each command to Redis (connect, append, record) must answer within this.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// Shields catch up before answering edges (the ordering guarantee). Off only
+    /// to rehearse the failure it prevents (the testbed does).
+    pub shield_order: bool,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        FleetSection {
+            redis: "redis://127.0.0.1:6379".into(),
+            stream: "lacquer:purges".into(),
+            node: None,
+            tier: Tier::Edge,
+            retention: 100_000,
+            heartbeat: Duration::from_secs(1),
+            max_lag: Duration::from_secs(10),
+            down_after: None,
+            forget_after: Duration::from_secs(3600),
+            catch_up_wait: Duration::from_millis(250),
+            redis_timeout: Duration::from_secs(1),
+            shield_order: true,
+        }
+    }
+}
+
+/// `[fleet]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSettings {
+    pub redis: String,
+    pub stream: String,
+    pub node: String,
+    pub tier: Tier,
+    pub retention: u64,
+    pub heartbeat: Duration,
+    pub max_lag: Duration,
+    pub down_after: Duration,
+    pub forget_after: Duration,
+    pub catch_up_wait: Duration,
+    pub redis_timeout: Duration,
+    pub shield_order: bool,
+}
+
+/// The machine's host name, the default node name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "lacquer".into())
+}
+
+fn fleet_settings(f: &FleetSection) -> Result<FleetSettings, ConfigError> {
+    let Some(rest) = f.redis.strip_prefix("redis://") else {
+        return Err(err(
+            "fleet.redis",
+            format!("`{}` is not a redis://host:port URL", f.redis),
+        ));
+    };
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(err("fleet.redis", format!("`{}` names no host", f.redis)));
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    };
+    if !name_ok(&f.stream) {
+        return Err(err(
+            "fleet.stream",
+            "must be 1-128 letters, digits, `-`, `_`, `.` or `:`",
+        ));
+    }
+    let node = f.node.clone().unwrap_or_else(host_name);
+    if !name_ok(&node) || node.contains(':') {
+        return Err(err(
+            "fleet.node",
+            format!("`{node}` must be 1-128 letters, digits, `-`, `_` or `.`"),
+        ));
+    }
+    if f.retention < 100 {
+        return Err(err("fleet.retention", "must keep at least 100 purges"));
+    }
+    for (key, d) in [
+        ("fleet.heartbeat", f.heartbeat),
+        ("fleet.max_lag", f.max_lag),
+        ("fleet.forget_after", f.forget_after),
+        ("fleet.redis_timeout", f.redis_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(err(key, "must be greater than zero"));
+        }
+    }
+    let down_after = f.down_after.unwrap_or(f.heartbeat * 3);
+    if down_after <= f.heartbeat {
+        return Err(err(
+            "fleet.down_after",
+            "must be longer than fleet.heartbeat",
+        ));
+    }
+    if f.max_lag <= f.heartbeat {
+        return Err(err("fleet.max_lag", "must be longer than fleet.heartbeat"));
+    }
+    Ok(FleetSettings {
+        redis: f.redis.clone(),
+        stream: f.stream.clone(),
+        node,
+        tier: f.tier,
+        retention: f.retention,
+        heartbeat: f.heartbeat,
+        max_lag: f.max_lag,
+        down_after,
+        forget_after: f.forget_after,
+        catch_up_wait: f.catch_up_wait,
+        redis_timeout: f.redis_timeout,
+        shield_order: f.shield_order,
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -716,6 +892,8 @@ pub struct Settings {
     pub h2_idle_timeout: Duration,
     pub max_origin_requests_per_connection: usize,
     pub access_log: bool,
+    /// The purge bus (`[fleet]`); none: this node purges alone.
+    pub fleet: Option<FleetSettings>,
     /// TLS termination on the listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What was validated, for display.
@@ -756,6 +934,7 @@ impl Settings {
         keep!(admin.listen, "admin.listen");
         keep!(admin.request_id_window, "admin.request_id_window");
         keep!(admin.read_timeout, "admin.read_timeout");
+        keep!(fleet, "fleet");
         changed
     }
 }
@@ -1345,6 +1524,7 @@ impl Settings {
             h2_idle_timeout: s.h2_idle_timeout,
             max_origin_requests_per_connection: s.max_origin_requests_per_connection,
             access_log: file.log.access,
+            fleet: file.fleet.as_ref().map(fleet_settings).transpose()?,
             tls: match &s.tls {
                 None => None,
                 Some(t) => Some(

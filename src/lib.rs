@@ -10,6 +10,7 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub(crate) mod error;
+pub(crate) mod fleet;
 pub(crate) mod metrics;
 pub mod purge;
 pub mod rules;

@@ -61,7 +61,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lacquer::config::{ConfigError, ConfigFile, OriginSection, Settings};
+use lacquer::config::{ConfigError, ConfigFile, OriginSection, Settings, Tier};
 
 #[derive(Parser)]
 #[command(
@@ -87,6 +87,8 @@ enum Command {
         /// Origin base URL, replacing the `[[origins]]` of the config.
         #[arg(long)]
         origin: Option<String>,
+        #[command(flatten)]
+        fleet: FleetFlags,
     },
     /// Validate a config file and print the effective settings.
     CheckConfig { path: PathBuf },
@@ -117,6 +119,47 @@ enum Command {
     Verify(lacquer::cli::VerifyArgs),
 }
 
+/// `[fleet]` from the command line: each flag overrides its key.
+#[derive(clap::Args, Clone, Default)]
+struct FleetFlags {
+    /// Join a fleet: the Redis URL of its purge bus (`fleet.redis`).
+    #[arg(long, value_name = "REDIS_URL")]
+    fleet: Option<String>,
+    /// This node's name in the fleet (`fleet.node`).
+    #[arg(long)]
+    node: Option<String>,
+    /// This node's tier: edge or shield (`fleet.tier`).
+    #[arg(long, value_parser = ["edge", "shield"])]
+    tier: Option<String>,
+}
+
+impl FleetFlags {
+    fn apply(&self, file: &mut ConfigFile) -> Result<(), ConfigError> {
+        if self.fleet.is_none() && file.fleet.is_none() {
+            if self.node.is_some() || self.tier.is_some() {
+                return Err(ConfigError {
+                    key: "fleet".into(),
+                    reason: "--node and --tier need --fleet or a [fleet] section".into(),
+                });
+            }
+            return Ok(());
+        }
+        let fleet = file.fleet.get_or_insert_with(Default::default);
+        if let Some(url) = &self.fleet {
+            fleet.redis = url.clone();
+        }
+        if let Some(node) = &self.node {
+            fleet.node = Some(node.clone());
+        }
+        match self.tier.as_deref() {
+            Some("shield") => fleet.tier = Tier::Shield,
+            Some(_) => fleet.tier = Tier::Edge,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
 fn config_failure(e: &ConfigError) -> ExitCode {
     eprintln!("lacquer: {e}");
     ExitCode::from(2)
@@ -126,6 +169,7 @@ fn load_settings(
     config: Option<PathBuf>,
     listen: Option<SocketAddr>,
     origin: Option<String>,
+    fleet: &FleetFlags,
 ) -> Result<Settings, ConfigError> {
     let default_path = PathBuf::from("proxy.toml");
     let mut file = match config {
@@ -143,6 +187,7 @@ fn load_settings(
             ..OriginSection::default()
         }];
     }
+    fleet.apply(&mut file)?;
     Settings::from_file(file)
 }
 
@@ -197,8 +242,9 @@ fn main() -> ExitCode {
             config,
             listen,
             origin,
+            fleet,
         } => {
-            let settings = match load_settings(config.clone(), listen, origin.clone()) {
+            let settings = match load_settings(config.clone(), listen, origin.clone(), &fleet) {
                 Ok(s) => s,
                 Err(e) => return config_failure(&e),
             };
@@ -209,7 +255,7 @@ fn main() -> ExitCode {
                 let running = lacquer::server::start(settings).await?;
                 // SIGHUP and `POST /reload` re-read the same sources.
                 running.proxy.set_reloader(Box::new(move || {
-                    load_settings(config.clone(), listen, origin.clone())
+                    load_settings(config.clone(), listen, origin.clone(), &fleet)
                 }));
                 #[cfg(unix)]
                 {

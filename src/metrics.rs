@@ -59,8 +59,25 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// The fleet's figures (zero on a node without one).
+#[derive(Default)]
+pub struct FleetMetrics {
+    /// Purges read from the bus and applied.
+    pub applied: Counter,
+    /// Purges refused because the bus could not be reached.
+    pub refused: Counter,
+    /// Times this node found it may have missed purges and required everything to
+    /// be revalidated.
+    pub gap_flushes: Counter,
+    /// Seconds spent partitioned from the bus.
+    pub partitioned_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// How far behind the stream's newest entry this node's position is.
+    pub lag_ms: Gauge,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub fleet: FleetMetrics,
     by_outcome: [Counter; OUTCOMES.len()],
     origin_requests: Family<OriginStatus, Counter>,
     origin_latency: Family<OriginLabel, Histogram, fn() -> Histogram>,
@@ -168,8 +185,35 @@ impl Metrics {
             "1 when the origin passes its health check",
             origin_healthy.clone(),
         );
+        let fleet = FleetMetrics::default();
+        registry.register(
+            "fleet_applied",
+            "Purges read from the fleet's bus and applied",
+            fleet.applied.clone(),
+        );
+        registry.register(
+            "fleet_refused",
+            "Purges refused because the fleet's bus could not be reached",
+            fleet.refused.clone(),
+        );
+        registry.register(
+            "fleet_gap_flushes",
+            "Times purges may have been missed and everything stored was to be revalidated",
+            fleet.gap_flushes.clone(),
+        );
+        registry.register(
+            "fleet_partitioned_seconds",
+            "Time spent partitioned from the fleet's bus",
+            fleet.partitioned_seconds.clone(),
+        );
+        registry.register(
+            "fleet_lag_milliseconds",
+            "How far this node's position is behind the bus's newest purge",
+            fleet.lag_ms.clone(),
+        );
         Metrics {
             registry,
+            fleet,
             by_outcome,
             origin_requests,
             origin_latency,

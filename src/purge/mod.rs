@@ -20,7 +20,36 @@ use serde::{Deserialize, Serialize};
 
 mod purger;
 
-pub use purger::{Applied, Purger, Refused, Requester};
+pub use purger::{Admitted, Applied, Purger, Refused, Requester};
+
+/// On an edge's (or any fleet node's) requests to the node behind it: the last
+/// purge it has applied. A shield catches up with it before answering.
+pub static PURGED_THROUGH: http::HeaderName =
+    http::HeaderName::from_static("lacquer-purged-through");
+
+/// A stream entry's id: milliseconds and a sequence number, ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl std::str::FromStr for StreamId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Ok(StreamId {
+            ms: ms.parse().map_err(|_| ())?,
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
+}
 
 /// What to invalidate, how, and who asked: produced by the admin API, the `PURGE`
 /// method and the CLI alike, applied by one function ([`Purger::apply`]).
@@ -41,6 +70,10 @@ pub struct Purge {
     pub dry_run: bool,
     /// A repeated id within the idempotency window returns the first result.
     pub request_id: Option<String>,
+    /// In a fleet: answer once every node that is alive has applied it, or after
+    /// this long (at most 5 minutes). Not part of what is applied.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub wait: Option<std::time::Duration>,
 }
 
 impl Purge {
@@ -80,6 +113,12 @@ impl Purge {
                     "request_id must be 1 to 256 printable characters".into(),
                 ));
             }
+        }
+        if self
+            .wait
+            .is_some_and(|w| w > std::time::Duration::from_secs(300))
+        {
+            return Err(InvalidPurge("wait must be at most 5 minutes".into()));
         }
         Ok(())
     }
@@ -134,6 +173,9 @@ pub enum Validity {
     Valid,
     /// Stale from now on: usable only as stale content.
     SoftPurged,
+    /// Usable only once revalidated with the origin (no stale serving): fetched
+    /// before [`Marker::require_revalidation`].
+    MustRevalidate,
     /// Gone.
     HardPurged,
 }
@@ -172,6 +214,7 @@ impl Mark {
 fn worst(a: Validity, b: Validity) -> Validity {
     match (a, b) {
         (Validity::HardPurged, _) | (_, Validity::HardPurged) => Validity::HardPurged,
+        (Validity::MustRevalidate, _) | (_, Validity::MustRevalidate) => Validity::MustRevalidate,
         (Validity::SoftPurged, _) | (_, Validity::SoftPurged) => Validity::SoftPurged,
         _ => Validity::Valid,
     }
@@ -189,6 +232,9 @@ struct Marks {
     /// Fetches that started before this generation are never stored: the marks that
     /// would have judged them may have been dropped by the sweeper.
     floor: u64,
+    /// Responses fetched before this generation must be revalidated before reuse.
+    /// Never dropped by a sweep (it is one number, and covers everything).
+    revalidate: u64,
 }
 
 /// The purge generations and marks.
@@ -266,6 +312,17 @@ impl Marker {
         generation
     }
 
+    /// Everything fetched until now must be revalidated before it is reused: for a
+    /// node that may have missed purges (a gap in the fleet's bus, a partition).
+    /// Returns its generation. O(1): no entry is touched.
+    pub fn require_revalidation(&self) -> u64 {
+        let mut marks = self.marks.write().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        marks.revalidate = generation;
+        self.last_purge.store(generation, Ordering::Release);
+        generation
+    }
+
     /// Judges an entry. Entries fetched after the latest purge are valid without
     /// looking at any mark (the common case: one atomic load).
     pub fn judge(&self, s: &Subject<'_>) -> Validity {
@@ -278,6 +335,9 @@ impl Marker {
             return Validity::HardPurged;
         }
         let mut v = marks.all.judge(s.fetched_gen);
+        if s.fetched_gen < marks.revalidate {
+            v = worst(v, Validity::MustRevalidate);
+        }
         for t in s.tags.iter() {
             if let Some(m) = marks.tags.get(t) {
                 v = worst(v, m.judge(s.fetched_gen));

@@ -1,9 +1,11 @@
-//! Applying a purge: [`Purger::apply`] is the one function every purge source calls
-//! (the JSON API, the `PURGE` method, and later the bus, the dialects and webhooks).
-//! A source only turns its input into a [`Purge`] (and says who asks); the purger
-//! validates it, checks the token's scope, replays a repeated request id, applies
-//! it to the store, detaches the flights in progress, counts it and writes the
-//! audit line. It answers with plain values; the source renders them.
+//! Applying a purge: [`Purger::apply`] is the one function that applies purges,
+//! whatever their source (the JSON API, the `PURGE` method, the fleet's bus, and
+//! later the dialects and webhooks). A source only turns its input into a
+//! [`Purge`] (and says who asks); [`Purger::admit`] validates it and checks the
+//! token's scope, and `apply` replays a repeated request id or applies it to the
+//! store, detaches the flights in progress, counts it and writes the audit line.
+//! In a fleet the admitted purge travels on the bus between the two. It answers
+//! with plain values; the source renders them.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,6 +36,21 @@ pub struct Applied {
     pub replayed: bool,
 }
 
+/// A purge that passed validation and its token's scope where it arrived: ready to
+/// apply here, or to travel on the fleet's bus (it serializes) to be applied on
+/// every node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Admitted {
+    pub purge: Purge,
+    /// The full keys of `purge.urls`.
+    pub keys: Vec<String>,
+    /// The token's name (its scope was checked on admission).
+    pub token: String,
+    /// The source: `api`, `purge-method`, …
+    pub via: String,
+    pub client: IpAddr,
+}
+
 /// Why a purge was not applied (nothing changed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -41,12 +58,17 @@ pub enum Refused {
     Invalid(String),
     /// The token may not do this (a 403); the text names the item.
     OutOfScope(String),
+    /// The purge could not be handed to the fleet's bus (a 503): it was applied
+    /// nowhere, and the same request may be sent again.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refused::Invalid(m) | Refused::OutOfScope(m) => f.write_str(m),
+            Refused::Invalid(m) | Refused::OutOfScope(m) | Refused::Unavailable(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -55,12 +77,15 @@ impl std::error::Error for Refused {}
 
 impl crate::error::Kind for Refused {
     fn side(&self) -> crate::error::Side {
-        crate::error::Side::Client
+        match self {
+            Refused::Invalid(_) | Refused::OutOfScope(_) => crate::error::Side::Client,
+            Refused::Unavailable(_) => crate::error::Side::Internal,
+        }
     }
 
-    /// Nothing was applied, but the same purge is refused again.
+    /// Nothing was applied; only an unreachable bus may answer differently later.
     fn retry_safe(&self) -> bool {
-        false
+        matches!(self, Refused::Unavailable(_))
     }
 }
 
@@ -93,17 +118,18 @@ impl Purger {
         }
     }
 
-    /// Applies `purge` for `requester`. `keys` are the keys of `purge.urls` when the
-    /// source has them (the `PURGE` method: the request's own keyed values);
-    /// otherwise each URL's key is that of a plain request for it under `rules`.
-    pub fn apply(
+    /// Checks a purge from `requester`: its shape, its URLs' keys and the token's
+    /// scope. `keys` are the keys of `purge.urls` when the source has them (the
+    /// `PURGE` method: the request's own keyed values); otherwise each URL's key is
+    /// that of a plain request for it under `rules`. A refusal is audited.
+    pub fn admit(
         &self,
         purge: Purge,
         keys: Option<Vec<CacheKey>>,
         rules: &KeyRules,
         max_batch: usize,
         requester: &Requester<'_>,
-    ) -> Result<Applied, Refused> {
+    ) -> Result<Admitted, Refused> {
         purge
             .validate(max_batch)
             .map_err(|e| Refused::Invalid(e.0))?;
@@ -116,17 +142,37 @@ impl Purger {
             info!(target: "lacquer::audit", token = %token.name, via = requester.via, client = %requester.client, refused = %message, "purge refused");
             return Err(Refused::OutOfScope(message));
         }
-        let replay_key = purge
-            .request_id
-            .as_ref()
-            .map(|id| format!("{}\u{0}{id}", token.name));
-        if let Some(first) = replay_key.as_ref().and_then(|k| self.answers.get(k)) {
-            return Ok(Applied {
-                answer: first,
-                replayed: true,
-            });
+        Ok(Admitted {
+            purge,
+            keys: keys.into_iter().map(|k| k.full).collect(),
+            token: token.name.clone(),
+            via: requester.via.to_string(),
+            client: requester.client,
+        })
+    }
+
+    /// The answer of the purge applied earlier under this one's token and request
+    /// id, if any (a replay applies nothing).
+    pub fn replay(&self, admitted: &Admitted) -> Option<Applied> {
+        let first = self.answers.get(&replay_key(admitted)?)?;
+        Some(Applied {
+            answer: first,
+            replayed: true,
+        })
+    }
+
+    /// Applies an admitted purge (the one function that does, whatever its source:
+    /// a local request, or the fleet's bus, `from` naming the node it came from).
+    /// A purge whose token and request id were applied before is not applied again:
+    /// the first answer is replayed.
+    pub fn apply(&self, admitted: &Admitted, from: &str) -> Applied {
+        if let Some(replayed) = self.replay(admitted) {
+            return replayed;
         }
-        let report = self.store.purge(&purge, &keys);
+        let purge = &admitted.purge;
+        let keys: Vec<CacheKey> = admitted.keys.iter().cloned().map(CacheKey::new).collect();
+        let report = self.store.purge(purge, &keys);
+        let token = &admitted.token;
         if !purge.dry_run {
             for (op, present) in [
                 ("tag", !purge.tags.is_empty()),
@@ -135,7 +181,7 @@ impl Purger {
                 ("all", purge.all),
             ] {
                 if present {
-                    self.metrics.purge(op, &token.name, purge.soft);
+                    self.metrics.purge(op, token, purge.soft);
                 }
             }
             // Requests after the purge must not join a fetch that began before it.
@@ -143,9 +189,10 @@ impl Purger {
         }
         info!(
             target: "lacquer::audit",
-            token = %token.name,
-            via = requester.via,
-            client = %requester.client,
+            token = %token,
+            via = %admitted.via,
+            from,
+            client = %admitted.client,
             tags = ?purge.tags,
             urls = ?purge.urls,
             prefixes = ?purge.prefixes,
@@ -158,23 +205,39 @@ impl Purger {
             "purge"
         );
         if purge.all && !purge.dry_run {
-            tracing::warn!(target: "lacquer::audit", token = %token.name, "BREAK-GLASS: everything purged");
+            tracing::warn!(target: "lacquer::audit", token = %token, "BREAK-GLASS: everything purged");
         }
         let answer = Arc::new(serde_json::json!({
             "request_id": purge.request_id,
-            "token": token.name,
+            "token": token,
             "report": report,
         }));
-        if let Some(k) = replay_key {
+        if let Some(k) = replay_key(admitted) {
             if !purge.dry_run {
                 self.answers.insert(k, answer.clone());
             }
         }
-        Ok(Applied {
+        Applied {
             answer,
             replayed: false,
-        })
+        }
     }
+
+    /// Everything stored must be revalidated before it is reused (the bus lost
+    /// track of purges, or has been out of reach for too long). O(1).
+    pub fn require_revalidation(&self, reason: &str) {
+        let generation = self.store.require_revalidation();
+        tracing::warn!(target: "lacquer::audit", reason, generation, "every stored response must be revalidated before reuse");
+    }
+}
+
+/// Replays are remembered by token and request id.
+fn replay_key(admitted: &Admitted) -> Option<String> {
+    admitted
+        .purge
+        .request_id
+        .as_ref()
+        .map(|id| format!("{}\u{0}{id}", admitted.token))
 }
 
 /// The key of each URL, as a plain request for it would have (no keyed header or
@@ -271,7 +334,8 @@ mod tests {
             client: IpAddr::from([127, 0, 0, 1]),
             via: "test",
         };
-        p.apply(purge, None, &KeyRules::default(), 10, &requester)
+        let admitted = p.admit(purge, None, &KeyRules::default(), 10, &requester)?;
+        Ok(p.apply(&admitted, "local"))
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::config::{Operation, Token};
 use crate::config::{ReloadError, ReloadReport};
 use crate::error::{Kind, Side};
 use crate::fetch::Fetcher;
+use crate::fleet::Fleet;
 use crate::key::CacheKey;
 use crate::origin::Origins;
 use crate::purge::Purger;
@@ -63,6 +64,16 @@ fn failure(client_status: StatusCode, message: &str, kind: &dyn Kind) -> Respons
     )
 }
 
+/// A refused purge: 400 for a malformed one, 403 out of scope, 503 when the
+/// fleet's bus cannot be reached (with `"retry": true`).
+fn refusal(refused: &Refused) -> Response<Body> {
+    let status = match refused {
+        Refused::OutOfScope(_) => StatusCode::FORBIDDEN,
+        Refused::Invalid(_) | Refused::Unavailable(_) => StatusCode::BAD_REQUEST,
+    };
+    failure(status, &refused.to_string(), refused)
+}
+
 /// The admin API and the `PURGE` method. It reads the configuration the proxy
 /// swaps, reports on the store, the flights and the origins, and hands every purge
 /// to its [`Purger`].
@@ -70,22 +81,48 @@ pub struct Admin {
     config: Arc<arc_swap::ArcSwap<Settings>>,
     /// The store, the flights, the origins and the metrics it reports on.
     fetcher: Arc<Fetcher>,
-    purger: Purger,
+    purger: Arc<Purger>,
+    /// The fleet this node purges with, if any.
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Admin {
-    pub(crate) fn new(config: Arc<arc_swap::ArcSwap<Settings>>, fetcher: Arc<Fetcher>) -> Admin {
-        let purger = Purger::new(
+    /// `seen`: where the fleet publishes the newest purge applied here (the fetcher
+    /// sends it to the node behind); given when the settings name a fleet.
+    pub(crate) fn new(
+        config: Arc<arc_swap::ArcSwap<Settings>>,
+        fetcher: Arc<Fetcher>,
+        seen: Option<tokio::sync::watch::Sender<crate::purge::StreamId>>,
+    ) -> Admin {
+        let settings = config.load_full();
+        let purger = Arc::new(Purger::new(
             fetcher.store.clone(),
             fetcher.flights.clone(),
             fetcher.metrics.clone(),
-            config.load().admin.request_id_window,
-        );
+            settings.admin.request_id_window,
+        ));
+        let fleet = settings.fleet.clone().zip(seen).and_then(|(f, seen)| {
+            Fleet::new(
+                f,
+                purger.clone(),
+                fetcher.metrics.clone(),
+                settings.admin.request_id_window,
+                seen,
+            )
+            .map_err(|e| tracing::error!(error = %e, "fleet: not joined"))
+            .ok()
+        });
         Admin {
             config,
             fetcher,
             purger,
+            fleet,
         }
+    }
+
+    /// The fleet this node purges with, if any.
+    pub(crate) fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     fn cfg(&self) -> arc_swap::Guard<Arc<Settings>> {
@@ -245,9 +282,16 @@ impl Admin {
                         )
                     }
                 };
-                self.purge_answer(purge, None, &token, &client, "api")
+                self.purge_answer(purge, None, &token, &client, "api").await
             }
-            (_, "/healthz" | "/stats" | "/purge" | "/metrics" | "/reload") => {
+            (&Method::GET, "/fleet") => match self.authorize(&client, req.headers()) {
+                Err(res) => *res,
+                Ok(_) => match &self.fleet {
+                    Some(fleet) => json(StatusCode::OK, &fleet.status().await),
+                    None => problem(StatusCode::NOT_FOUND, "this node is not in a fleet"),
+                },
+            },
+            (_, "/healthz" | "/stats" | "/purge" | "/metrics" | "/reload" | "/fleet") => {
                 problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => problem(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -256,7 +300,7 @@ impl Admin {
 
     /// The `PURGE` method on a URL: every variant stored for it. `Lacquer-Soft-Purge: 1`
     /// makes it soft.
-    pub(crate) fn purge_method(
+    pub(crate) async fn purge_method(
         &self,
         headers: &http::HeaderMap,
         uri: &Uri,
@@ -283,9 +327,23 @@ impl Admin {
             host,
             uri.path_and_query().map_or("/", |p| p.as_str())
         );
+        let wait = match headers.get("lacquer-wait").map(|v| {
+            v.to_str()
+                .map(humantime_serde::re::humantime::parse_duration)
+        }) {
+            None => None,
+            Some(Ok(Ok(wait))) => Some(wait),
+            Some(_) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "Lacquer-Wait must be a duration such as 2s",
+                )
+            }
+        };
         let purge = Purge {
             urls: vec![url],
             soft,
+            wait,
             ..Purge::default()
         };
         self.purge_answer(
@@ -295,11 +353,15 @@ impl Admin {
             client,
             "purge-method",
         )
+        .await
     }
 
-    /// One purge, from whichever source, through the one function that applies
-    /// purges; its answer rendered for HTTP.
-    fn purge_answer(
+    /// One purge, from whichever source: admitted (validation, the token's scope),
+    /// then applied here through the one function that applies purges, or handed to
+    /// the fleet (which appends it to the bus and applies it here). Its answer
+    /// rendered for HTTP: 200, or 202 when a fleet wait ran out before every node
+    /// confirmed; a refusal in the one shape of failures.
+    async fn purge_answer(
         &self,
         purge: Purge,
         keys: Option<Vec<CacheKey>>,
@@ -307,34 +369,53 @@ impl Admin {
         client: &ClientInfo,
         via: &'static str,
     ) -> Response<Body> {
-        let cfg = self.cfg();
+        let cfg = self.settings();
+        let wait = purge.wait;
         let requester = Requester {
             token,
             client: client.addr.ip(),
             via,
         };
-        match self
-            .purger
-            .apply(purge, keys, &cfg.key_rules, cfg.admin.max_batch, &requester)
-        {
-            Ok(applied) => {
-                let mut res = json(StatusCode::OK, &applied.answer);
-                if applied.replayed {
-                    res.headers_mut().insert(
-                        "lacquer-idempotent-replay",
-                        HeaderValue::from_static("true"),
+        let admitted =
+            match self
+                .purger
+                .admit(purge, keys, &cfg.key_rules, cfg.admin.max_batch, &requester)
+            {
+                Ok(admitted) => admitted,
+                Err(refused) => return refusal(&refused),
+            };
+        let (applied, fleet) = match &self.fleet {
+            // A dry run changes nothing anywhere: it is answered here.
+            Some(fleet) if !admitted.purge.dry_run => match fleet.submit(admitted, wait).await {
+                Ok(submitted) => (submitted.applied, Some(submitted.fleet)),
+                Err(refused) => return refusal(&refused),
+            },
+            _ => (self.purger.apply(&admitted, "local"), None),
+        };
+        let mut status = StatusCode::OK;
+        let mut res = match fleet {
+            None => json(status, &applied.answer),
+            Some(confirmation) => {
+                if confirmation.complete == Some(false) {
+                    status = StatusCode::ACCEPTED;
+                }
+                let mut answer = (*applied.answer).clone();
+                if let Some(map) = answer.as_object_mut() {
+                    map.insert(
+                        "fleet".into(),
+                        serde_json::to_value(&confirmation).unwrap_or_default(),
                     );
                 }
-                res
+                json(status, &answer)
             }
-            Err(refused) => {
-                let status = match refused {
-                    Refused::OutOfScope(_) => StatusCode::FORBIDDEN,
-                    Refused::Invalid(_) => StatusCode::BAD_REQUEST,
-                };
-                failure(status, &refused.to_string(), &refused)
-            }
+        };
+        if applied.replayed {
+            res.headers_mut().insert(
+                "lacquer-idempotent-replay",
+                HeaderValue::from_static("true"),
+            );
         }
+        res
     }
 
     fn refresh_gauges(&self) {

@@ -122,6 +122,8 @@ pub struct Fetcher {
     pub(crate) metrics: Arc<Metrics>,
     /// Origin requests waiting for their client connection's budget, observable.
     budget_waits: tokio::sync::watch::Sender<usize>,
+    /// In a fleet: the newest purge applied here, sent on every origin request.
+    purged_through: Option<tokio::sync::watch::Receiver<crate::purge::StreamId>>,
 }
 
 /// One origin request waiting for its connection's budget ([`Fetcher::origin_slot`]).
@@ -139,6 +141,7 @@ impl Fetcher {
         store: Arc<Store>,
         flights: Arc<Flights>,
         metrics: Arc<Metrics>,
+        purged_through: Option<tokio::sync::watch::Receiver<crate::purge::StreamId>>,
     ) -> Fetcher {
         let settings = config.load();
         let origins =
@@ -160,6 +163,7 @@ impl Fetcher {
             uncacheable,
             metrics,
             budget_waits: tokio::sync::watch::channel(0).0,
+            purged_through,
         }
     }
 
@@ -252,8 +256,11 @@ impl Fetcher {
             Lookup::SoftPurged(entry) => Ok(Arc::new(
                 entry.restamped(std::time::Duration::ZERO, entry.fetched_gen),
             )),
-            Lookup::VaryMiss => Err(Fwd::VaryMiss),
-            Lookup::Miss => Err(Fwd::UriMiss),
+            Lookup::VaryMiss => Err((None, Fwd::VaryMiss)),
+            Lookup::Miss => Err((None, Fwd::UriMiss)),
+            // Fetched before this node may have missed purges: reused only once the
+            // origin confirms it (a conditional request; one per key in flight).
+            Lookup::MustRevalidate(entry) => Err((Some(entry), Fwd::Stale)),
         };
         let (stale, fwd) = match found {
             Ok(entry) => {
@@ -301,7 +308,7 @@ impl Fetcher {
                     Reuse::Validate(_) => (Some(entry), Fwd::Stale),
                 }
             }
-            Err(fwd) => (None, fwd),
+            Err(forward) => forward,
         };
         if ctx.req_dirs.only_if_cached {
             // RFC 9111 §5.2.1.7: nothing usable without going forward.
@@ -309,7 +316,7 @@ impl Fetcher {
                 StatusCode::GATEWAY_TIMEOUT,
                 "504 Gateway Timeout: not in cache (only-if-cached)\n",
             );
-            return Ok(self.finish(res, &Outcome::OnlyIfCached, None));
+            return Ok(self.finish(ctx, res, &Outcome::OnlyIfCached, None));
         }
         Err((stale, fwd))
     }
@@ -368,6 +375,7 @@ impl Fetcher {
         }
         let outcome = Outcome::forwarded(Fwd::Method, status.as_u16(), None);
         self.finish(
+            ctx,
             response(status, rparts.headers, body::boxed(rbody)),
             &outcome,
             None,
@@ -433,6 +441,13 @@ impl Fetcher {
         if let Some(via) = forward::via_value(ctx.version, &self.cfg().via) {
             forward::append_via(&mut headers, &via);
         }
+        if let Some(through) = &self.purged_through {
+            // In a fleet: the node behind (a shield) catches up with this first.
+            let id = through.borrow().to_string();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                headers.insert(crate::purge::PURGED_THROUGH.clone(), v);
+            }
+        }
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -473,14 +488,19 @@ impl Fetcher {
                 headers.insert(AGE, age.clone());
             }
             let res = response(StatusCode::NOT_MODIFIED, headers, body::empty());
-            return self.finish(res, outcome, ttl);
+            return self.finish(ctx, res, outcome, ttl);
         }
         let body = if ctx.method == Method::HEAD {
             body::empty()
         } else {
             body
         };
-        self.finish(response(parts.status, parts.headers, body), outcome, ttl)
+        self.finish(
+            ctx,
+            response(parts.status, parts.headers, body),
+            outcome,
+            ttl,
+        )
     }
 
     /// Serves a stored response: 304 for matching conditionals, 206/416 for ranges,
@@ -545,6 +565,7 @@ impl Fetcher {
                 &Outcome::Hit { stale: false },
                 Some(ttl),
                 cfg,
+                false,
             );
             if !res.headers().contains_key(CONTENT_LENGTH) {
                 // Left to hyper, which writes the body's length.
@@ -583,7 +604,7 @@ impl Fetcher {
             res.extensions_mut()
                 .insert(VariantInfo(entry.variant.describe()));
         }
-        self.finish(res, &outcome, ttl)
+        self.finish(ctx, res, &outcome, ttl)
     }
 
     /// The full (or ranged) answer from a stored entry, before `finish`.
@@ -657,11 +678,12 @@ impl Fetcher {
     /// The last stop of every response ([`render::finish`]).
     pub(crate) fn finish(
         &self,
+        ctx: &Ctx,
         res: Response<Body>,
         outcome: &Outcome,
         ttl: Option<i64>,
     ) -> Response<Body> {
-        render::finish(res, outcome, ttl, &self.cfg(), &self.metrics)
+        render::finish(res, outcome, ttl, &self.cfg(), &self.metrics, ctx.peer)
     }
 }
 
@@ -848,6 +870,7 @@ impl Fetcher {
                 let outcome =
                     Outcome::forwarded(Fwd::Partial, parts.status.as_u16(), Some(NotStored::Range));
                 self.finish(
+                    ctx,
                     response(parts.status, parts.headers, body::boxed(rbody)),
                     &outcome,
                     None,

@@ -25,10 +25,11 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::coalesce::Flights;
 use crate::conditional;
-use crate::config::Settings;
 use crate::config::{ReloadError, ReloadReport};
+use crate::config::{Settings, Tier};
 use crate::directives::Directives;
 use crate::fetch::Fetcher;
+use crate::fleet::{StreamId, PURGED_THROUGH};
 use crate::forward;
 use crate::key;
 use crate::origin::Origins;
@@ -137,13 +138,22 @@ impl Proxy {
         let metrics = Arc::new(crate::metrics::Metrics::new(move || counted.evictions()));
         let flights = Arc::new(Flights::default());
         let config = Arc::new(arc_swap::ArcSwap::from_pointee(settings));
+        // In a fleet the newest purge applied here goes to the node behind.
+        let (seen, purged_through) = match config.load().fleet {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::watch::channel(StreamId::default());
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let fetcher = Arc::new(Fetcher::new(
             config.clone(),
             store.clone(),
             flights.clone(),
             metrics.clone(),
+            purged_through,
         ));
-        let admin = crate::admin::Admin::new(config.clone(), fetcher.clone());
+        let admin = crate::admin::Admin::new(config.clone(), fetcher.clone(), seen);
         Arc::new(Proxy {
             admin,
             reloader: std::sync::Mutex::new(None),
@@ -333,6 +343,15 @@ impl Proxy {
         if options {
             forward::strip_connection_options(&mut parts.headers);
         }
+        // In a fleet: what the node in front has applied (a shield catches up with it
+        // before answering); never forwarded as received.
+        let mut through = None;
+        if let Some(fleet) = self.admin.fleet() {
+            let sent = parts.headers.remove(&PURGED_THROUGH);
+            if fleet.settings().tier == Tier::Shield {
+                through = sent.and_then(|v| v.to_str().ok()?.parse::<StreamId>().ok());
+            }
+        }
         // What `Ctx::host` reads, from the field seen in the first pass (a handle,
         // so that normalizing the request's fields below can still borrow them).
         let host_field = host_field.filter(|_| !strip || parts.headers.contains_key(HOST));
@@ -362,18 +381,41 @@ impl Proxy {
             key,
             req_dirs,
             request_id: REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            plain: as_stored,
+            plain: as_stored && through.is_none(),
             origin_micros: OriginTime::default(),
+            peer: through.is_some(),
         };
         if ctx.method.as_str() == "PURGE" {
             // Never forwarded: answered here, with a token (admin.rs).
-            return answered(self.admin.purge_method(
-                &ctx.headers,
-                &ctx.uri,
-                ctx.host_norm(),
-                &ctx.key,
-                &ctx.client,
-            ));
+            let this = self.clone();
+            return pending(async move {
+                this.admin
+                    .purge_method(
+                        &ctx.headers,
+                        &ctx.uri,
+                        ctx.host_norm(),
+                        &ctx.key,
+                        &ctx.client,
+                    )
+                    .await
+            });
+        }
+        if let (Some(id), Some(fleet)) = (through, self.admin.fleet()) {
+            if cacheable && fleet.applied() < id {
+                // Shield before edge: the edge applied a purge this node has not yet.
+                // Until it has, its cache may hold what the purge removed.
+                let (this, fleet) = (self.clone(), fleet.clone());
+                return pending(async move {
+                    let mut res = if fleet.caught_up(id).await {
+                        this.fetch_for(&ctx).await
+                    } else {
+                        tracing::debug!(%id, applied = %fleet.applied(), "fleet: behind the edge; answered without the cache");
+                        this.fetcher.pass(&ctx, body).await
+                    };
+                    this.done(&ctx, &mut res, started, &this.cfg());
+                    res
+                });
+            }
         }
         if !cacheable {
             let this = self.clone();
@@ -397,6 +439,20 @@ impl Proxy {
                 })
             }
         }
+    }
+
+    /// A cacheable request's answer, from the cache or the origin.
+    async fn fetch_for(&self, ctx: &Ctx) -> Response<Body> {
+        let cfg = self.cfg();
+        match self.fetcher.cached(ctx, &cfg) {
+            Ok(res) => res,
+            Err((stale, fwd)) => self.fetcher.fetch(ctx, stale, fwd).await,
+        }
+    }
+
+    /// The fleet this node purges with, if any.
+    pub(crate) fn fleet(&self) -> Option<&Arc<crate::fleet::Fleet>> {
+        self.admin.fleet()
     }
 
     /// The last touches of every proxied response: debug headers, the access log.

@@ -21,18 +21,22 @@ pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Last stop of every response: its outcome counted (and labelled for the access
 /// log), then its head finished ([`finish_head`]).
+///
+/// `keep_tags`: the request came from a node of the same fleet (an edge asking its
+/// shield), which indexes the tags too: they stay on the answer.
 pub(crate) fn finish(
     mut res: Response<Body>,
     outcome: &Outcome,
     ttl: Option<i64>,
     cfg: &Settings,
     metrics: &Metrics,
+    keep_tags: bool,
 ) -> Response<Body> {
     metrics.request(outcome.label());
     if cfg.access_log {
         res.extensions_mut().insert(OutcomeLabel(outcome.label()));
     }
-    finish_head(res.headers_mut(), outcome, ttl, cfg);
+    finish_head(res.headers_mut(), outcome, ttl, cfg, keep_tags);
     debug!(
         outcome = outcome.label(),
         status = res.status().as_u16(),
@@ -49,6 +53,7 @@ pub(crate) fn finish_head(
     outcome: &Outcome,
     ttl: Option<i64>,
     cfg: &Settings,
+    keep_tags: bool,
 ) {
     let upstream = headers.remove(&CACHE_STATUS);
     if let Some(v) = outcome.cache_status_header(upstream.as_ref(), &cfg.cache_status_name, ttl) {
@@ -64,7 +69,7 @@ pub(crate) fn finish_head(
         // Surrogate-Control is for surrogates only: never sent downstream.
         headers.remove(&freshness::SURROGATE_CONTROL);
     }
-    if cfg.tag_rules.strip {
+    if cfg.tag_rules.strip && !keep_tags {
         for h in &cfg.tag_rules.headers {
             headers.remove(h);
         }
@@ -92,6 +97,7 @@ pub(crate) fn error_answer(
         None,
         cfg,
         metrics,
+        false,
     )
 }
 

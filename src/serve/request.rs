@@ -54,6 +54,9 @@ pub(crate) struct Ctx {
     /// Time spent waiting for the origin's response head, in microseconds (a flight
     /// task fetching on this request's behalf reports it back).
     pub origin_micros: OriginTime,
+    /// Sent by a node of this fleet (an edge to its shield): the answer keeps its
+    /// tag fields, and is never the cached rendering of a plain hit.
+    pub peer: bool,
 }
 
 /// The host a request asked for: its target's authority, else its (first) `Host`

@@ -77,6 +77,9 @@ pub async fn start(settings: Settings) -> io::Result<Running> {
     let proxy = Proxy::new(settings);
     proxy.origins().spawn_health_checks();
     let mut health_checks = vec![tokio::spawn(sweeper(proxy.clone()))];
+    if let Some(fleet) = proxy.fleet() {
+        health_checks.extend(fleet.spawn());
+    }
     let admin_addr = match proxy.settings().admin.listen {
         Some(addr) => {
             let admin = TcpListener::bind(addr).await?;

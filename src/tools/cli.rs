@@ -89,6 +89,9 @@ pub enum Exit {
     Usage = 2,
     /// No answer (connection failures, timeouts, 5xx) after every attempt.
     Unreachable = 3,
+    /// Purge applied, but with `--wait` not every node of the fleet confirmed it in
+    /// time (they are named).
+    Unconfirmed = 4,
 }
 
 impl Exit {
@@ -106,7 +109,8 @@ impl From<Exit> for ExitCode {
 const PURGE_HELP: &str = "\
 Exit status: 0 done, 1 refused (401/403/400 or any 4xx: the server's message is printed),
 2 usage (bad arguments, token variable not set, nothing to purge), 3 unreachable
-(connection failures, timeouts or 5xx after every retry).
+(connection failures, timeouts or 5xx after every retry), 4 applied but with --wait not
+confirmed by every node of the fleet in time (the nodes are named).
 
 Retries reuse one request id (generated when --request-id is absent), so a purge that
 did happen is answered from the server's record instead of being applied twice.";
@@ -147,6 +151,10 @@ pub struct PurgeArgs {
     /// Report what would be purged; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// In a fleet: wait until every node that is alive has applied the purge, at
+    /// most this long (e.g. `2s`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub wait: Option<Duration>,
     /// Idempotency id (default: generated from time, pid and a random number).
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
@@ -285,6 +293,7 @@ pub fn purge_from_args(args: &PurgeArgs, request_id: String) -> Result<Purge, Us
         soft: args.soft,
         dry_run: args.dry_run,
         request_id: Some(request_id),
+        wait: args.wait,
     };
     if purge.items() == 0 {
         return Err("nothing to purge: give --tag, --url, --prefix or --all".into());
@@ -771,7 +780,7 @@ pub async fn purge(args: PurgeArgs) -> Exit {
 fn purge_done(args: &PurgeArgs, req: &PurgeRequest, answer: &Answered) -> Exit {
     let value = serde_json::from_slice::<serde_json::Value>(&answer.body)
         .ok()
-        .filter(|v| v.get("report").is_some_and(|r| r.is_object()));
+        .filter(|v| v.get("report").is_some_and(|r| r.is_object()) || v.get("fleet").is_some());
     let Some(value) = value else {
         eprintln!(
             "lacquer purge: {} answered {} but not with a purge report; is --endpoint the admin root (e.g. http://127.0.0.1:8080/.lacquer)?",
@@ -796,7 +805,27 @@ fn purge_done(args: &PurgeArgs, req: &PurgeRequest, answer: &Answered) -> Exit {
     } else {
         print!("{}", req.redact(&format_report(&value, replayed)));
     }
+    if let Some(missing) = unconfirmed(&value) {
+        eprintln!("lacquer purge: not confirmed by every node in time: {missing}");
+        return Exit::Unconfirmed;
+    }
     Exit::Done
+}
+
+/// With a fleet wait that ran out: the nodes that did not confirm, and why
+/// (`edge-2 (pending), edge-3 (down)`).
+pub fn unconfirmed(answer: &serde_json::Value) -> Option<String> {
+    let fleet = answer.get("fleet")?;
+    if fleet.get("complete")?.as_bool()? {
+        return None;
+    }
+    let nodes = fleet.get("nodes")?.as_object()?;
+    let missing: Vec<String> = nodes
+        .iter()
+        .filter(|(_, state)| state.as_str() != Some("applied"))
+        .map(|(node, state)| format!("{node} ({})", state.as_str().unwrap_or("?")))
+        .collect();
+    Some(missing.join(", "))
 }
 
 /// The URL and expectation of `verify`, or the usage error.

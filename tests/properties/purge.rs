@@ -142,6 +142,7 @@ fn purge() -> impl Strategy<Value = Purge> {
             soft,
             dry_run: false,
             request_id,
+            wait: None,
         })
 }
 

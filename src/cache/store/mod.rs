@@ -46,6 +46,8 @@ pub enum Lookup {
     Hit(Arc<StoredResponse>),
     /// A soft purge covers it: usable only as stale content.
     SoftPurged(Arc<StoredResponse>),
+    /// Usable only once revalidated with the origin (`Store::require_revalidation`).
+    MustRevalidate(Arc<StoredResponse>),
     /// Something is stored under the key, but no variant matches this request.
     VaryMiss,
     Miss,
@@ -175,6 +177,12 @@ impl Store {
         self.marker.current()
     }
 
+    /// Everything stored until now must be revalidated before it is reused (see
+    /// `Marker::require_revalidation`). Only `Purger` calls it.
+    pub fn require_revalidation(&self) -> u64 {
+        self.marker.require_revalidation()
+    }
+
     fn judge(&self, key_full: &str, digest: u128, r: &StoredResponse, inserting: bool) -> Validity {
         self.marker.judge(&Subject {
             fetched_gen: r.fetched_gen,
@@ -214,6 +222,7 @@ impl Store {
         match verdict {
             Validity::Valid => Lookup::Hit(response),
             Validity::SoftPurged => Lookup::SoftPurged(response),
+            Validity::MustRevalidate => Lookup::MustRevalidate(response),
             Validity::HardPurged => Lookup::Miss,
         }
     }
@@ -233,7 +242,8 @@ impl Store {
         // Judged under the shard's lock: a sweep that scans this shard later sees
         // the entry, and one that scanned it before has marks this judge sees.
         match self.judge(&key.full, key.digest, &response, true) {
-            Validity::Valid => {}
+            // Stored as it is: a lookup judges it again (and has it revalidated).
+            Validity::Valid | Validity::MustRevalidate => {}
             Validity::SoftPurged => response.expire(),
             Validity::HardPurged => return,
         }
@@ -468,7 +478,8 @@ impl Store {
                 for slot in guard.entries[at].variants.slots() {
                     match self.judge(&full_key, digest, &slot.response, false) {
                         Validity::HardPurged => removed += 1,
-                        Validity::Valid => slots.push(slot),
+                        // The revalidation mark is never dropped: lookups see it.
+                        Validity::Valid | Validity::MustRevalidate => slots.push(slot),
                         Validity::SoftPurged => {
                             slots.push(Slot {
                                 response: Arc::new(slot.response.restamped(
