@@ -54,7 +54,7 @@ async fn resume(
         fleet.applied.send_replace(info.last_generated);
         return Ok(info.last_generated);
     }
-    if info.max_deleted > pos {
+    if info.trimmed_after(pos) {
         gap(
             fleet,
             "purges this node had not applied were trimmed from the stream",
@@ -79,18 +79,28 @@ fn gap(fleet: &Fleet, reason: &str) {
 /// Reads the stream in order and applies each purge, until the fleet is dropped.
 pub(super) async fn consume(fleet: Weak<Fleet>, mut reader: ConnectionManager) {
     let mut pos: Option<StreamId> = None;
-    let mut check = true;
     let mut failures = 0u32;
     loop {
         let Some(f) = fleet.upgrade() else { return };
+        let mut held = f.held.subscribe();
+        if *held.borrow() {
+            drop(f);
+            // Held back: wait for the release (or for the fleet to go).
+            let _ = held.wait_for(|h| !*h).await;
+            continue;
+        }
         let mut conn = f.writer.clone();
         let result = async {
-            if check || pos.is_none() {
-                pos = Some(resume(&f, &mut conn, pos).await?);
-                check = false;
-            }
+            // Every read starts from a checked position: entries trimmed after it,
+            // or a stream behind it, mean purges may be lost.
+            pos = Some(resume(&f, &mut conn, pos).await?);
             let after = pos.unwrap_or_default();
             let entries = redis::read(&mut reader, &f.keys, after, BATCH, f.cfg.heartbeat).await?;
+            if *f.held.borrow() {
+                // Held back while the read was waiting: nothing of it is applied (it
+                // is read again once released).
+                return Ok(());
+            }
             f.last_read.store(elapsed_ms(f.started), Ordering::Relaxed);
             let read = entries.len();
             for (id, admitted) in entries {
@@ -109,7 +119,7 @@ pub(super) async fn consume(fleet: Weak<Fleet>, mut reader: ConnectionManager) {
                 // Confirmations wait for this record.
                 redis::record_node(&mut conn, &f.keys, &f.cfg.node, &f.record()).await?;
             }
-            if read < BATCH && f.partitioned.swap(false, Ordering::Relaxed) {
+            if read < BATCH && f.partitioned() && f.set_partitioned(false) {
                 info!(node = %f.cfg.node, "fleet: the stream is readable again and this node has caught up");
             }
             Ok::<(), ::redis::RedisError>(())
@@ -122,9 +132,6 @@ pub(super) async fn consume(fleet: Weak<Fleet>, mut reader: ConnectionManager) {
                 if failures == 1 || failures.is_power_of_two() {
                     warn!(error = %e, failures, "fleet: cannot read the purge stream");
                 }
-                // After an error the position is checked again (Redis may have
-                // restarted without some entries).
-                check = true;
                 let pause = Duration::from_millis(50 * u64::from(failures.min(10)));
                 drop(f);
                 tokio::time::sleep(pause).await;
@@ -153,7 +160,7 @@ pub(super) async fn heartbeat(fleet: Weak<Fleet>) {
             elapsed_ms(f.started).saturating_sub(f.last_read.load(Ordering::Relaxed)),
         );
         if silent > f.cfg.max_lag {
-            if !f.partitioned.swap(true, Ordering::Relaxed) {
+            if !f.set_partitioned(true) {
                 warn!(node = %f.cfg.node, ?silent, "fleet: partitioned from the purge stream; stored responses are revalidated before reuse, once per max_lag");
             }
             if revalidated.is_none_or(|t| t.elapsed() >= f.cfg.max_lag) {
@@ -175,6 +182,7 @@ pub(super) async fn heartbeat(fleet: Weak<Fleet>) {
         {
             continue;
         }
+        f.recorded.send_if_modified(|r| !std::mem::replace(r, true));
         if let Ok(Some(info)) = redis::info(&mut conn, &f.keys).await {
             let applied = f.applied();
             let lag = if applied < info.last_generated {

@@ -82,6 +82,12 @@ pub struct Fleet {
     last_read: AtomicU64,
     started: Instant,
     partitioned: AtomicBool,
+    /// A partition's start and end, for whoever watches (tests, the testbed).
+    partition: watch::Sender<bool>,
+    /// Holds the consumer back (a fault the testbed and the tests inject).
+    held: watch::Sender<bool>,
+    /// Set once this node's record is in Redis (other nodes can see it).
+    recorded: watch::Sender<bool>,
     request_ids: AtomicU64,
     window: Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -131,6 +137,9 @@ impl Fleet {
             last_read: AtomicU64::new(0),
             started: Instant::now(),
             partitioned: AtomicBool::new(false),
+            partition: watch::Sender::new(false),
+            held: watch::Sender::new(false),
+            recorded: watch::Sender::new(false),
             request_ids: AtomicU64::new(1),
             window,
             tasks: Mutex::default(),
@@ -172,6 +181,33 @@ impl Fleet {
     /// Is this node cut off from the stream for longer than `max_lag`?
     pub fn partitioned(&self) -> bool {
         self.partitioned.load(Ordering::Relaxed)
+    }
+
+    fn set_partitioned(&self, now: bool) -> bool {
+        let was = self.partitioned.swap(now, Ordering::Relaxed);
+        self.partition.send_replace(now);
+        was
+    }
+
+    /// Watches the partitioned state.
+    pub fn partition_watch(&self) -> watch::Receiver<bool> {
+        self.partition.subscribe()
+    }
+
+    /// Watches the last entry applied in stream order.
+    pub fn applied_watch(&self) -> watch::Receiver<StreamId> {
+        self.applied.subscribe()
+    }
+
+    /// Watches whether this node's record has reached Redis.
+    pub fn recorded_watch(&self) -> watch::Receiver<bool> {
+        self.recorded.subscribe()
+    }
+
+    /// Holds the consumer back (true) or lets it go on (false): a fault for the
+    /// testbed and the tests (a shield that lags, an edge whose delivery stalls).
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
     }
 
     /// Waits (at most `catch_up_wait`) until this node has applied, in stream

@@ -42,9 +42,26 @@ pub struct NodeRecord {
 pub struct StreamInfo {
     pub length: u64,
     pub last_generated: StreamId,
-    /// The newest id trimmed away (0-0 when nothing was).
-    pub max_deleted: StreamId,
+    /// Entries ever appended (trimmed ones included).
+    pub entries_added: u64,
     pub first: Option<StreamId>,
+}
+
+impl StreamInfo {
+    /// Were entries after `pos` trimmed away before they could be read? Trimming
+    /// removes the oldest entries, so that is when the oldest left is past `pos`
+    /// (from the very start, 0-0: when anything was trimmed). Conservative: a node
+    /// whose own last entry was the last one trimmed counts as having a gap too.
+    pub fn trimmed_after(&self, pos: StreamId) -> bool {
+        match self.first {
+            Some(first) if pos == StreamId::default() => {
+                first > pos && self.entries_added > self.length
+            }
+            Some(first) => first > pos,
+            // Empty: whatever was appended after `pos` is gone.
+            None => self.last_generated > pos,
+        }
+    }
 }
 
 pub struct Keys {
@@ -197,7 +214,7 @@ fn parse_info(reply: Value) -> StreamInfo {
         match text(&k).as_deref() {
             Some("length") => info.length = u64::try_from(int(&v)).unwrap_or(0),
             Some("last-generated-id") => info.last_generated = id(),
-            Some("max-deleted-entry-id") => info.max_deleted = id(),
+            Some("entries-added") => info.entries_added = u64::try_from(int(&v)).unwrap_or(0),
             Some("first-entry") => {
                 if let Value::Array(entry) = &v {
                     info.first = entry.first().and_then(text).and_then(|t| t.parse().ok());
@@ -321,15 +338,39 @@ mod tests {
             Value::Int(3),
             bulk("last-generated-id"),
             bulk("9-2"),
-            bulk("max-deleted-entry-id"),
-            bulk("4-0"),
+            bulk("entries-added"),
+            Value::Int(7),
             bulk("first-entry"),
             Value::Array(vec![bulk("5-0"), Value::Array(vec![])]),
         ]);
         let info = parse_info(reply);
         assert_eq!(info.length, 3);
         assert_eq!(info.last_generated, StreamId { ms: 9, seq: 2 });
-        assert_eq!(info.max_deleted, StreamId { ms: 4, seq: 0 });
+        assert_eq!(info.entries_added, 7);
         assert_eq!(info.first, Some(StreamId { ms: 5, seq: 0 }));
+    }
+
+    #[test]
+    fn a_gap_is_entries_trimmed_after_the_position() {
+        let id = |ms| StreamId { ms, seq: 0 };
+        let info = |first: Option<u64>, added, length| StreamInfo {
+            length,
+            last_generated: id(9),
+            entries_added: added,
+            first: first.map(id),
+        };
+        // (stream, position, gap?)
+        let cases = [
+            (info(Some(5), 5, 5), id(0), false), // nothing trimmed yet
+            (info(Some(5), 7, 5), id(0), true),  // from the start, two trimmed
+            (info(Some(5), 7, 5), id(4), true),  // 4 (or what followed) trimmed
+            (info(Some(5), 7, 5), id(5), false), // reading from the oldest left
+            (info(Some(5), 7, 5), id(8), false),
+            (info(None, 7, 0), id(9), false), // all read, then all trimmed
+            (info(None, 7, 0), id(8), true),  // 9 was trimmed unread
+        ];
+        for (i, (stream, pos, gap)) in cases.iter().enumerate() {
+            assert_eq!(stream.trimmed_after(*pos), *gap, "case {i}");
+        }
     }
 }

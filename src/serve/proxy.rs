@@ -455,6 +455,29 @@ impl Proxy {
         self.admin.fleet()
     }
 
+    /// In a fleet: the last purge applied in stream order, to watch.
+    pub fn fleet_applied(&self) -> Option<tokio::sync::watch::Receiver<StreamId>> {
+        self.fleet().map(|f| f.applied_watch())
+    }
+
+    /// In a fleet: whether this node is partitioned from the bus, to watch.
+    pub fn fleet_partitioned(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.fleet().map(|f| f.partition_watch())
+    }
+
+    /// In a fleet: whether this node's record has reached the bus, to watch.
+    pub fn fleet_recorded(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.fleet().map(|f| f.recorded_watch())
+    }
+
+    /// In a fleet: holds this node's bus consumer back, or lets it go on. A fault
+    /// for rehearsals and tests; nothing in normal operation calls it.
+    pub fn hold_fleet(&self, held: bool) {
+        if let Some(f) = self.fleet() {
+            f.hold(held);
+        }
+    }
+
     /// The last touches of every proxied response: debug headers, the access log.
     fn done(
         &self,
