@@ -320,6 +320,31 @@ async fn a_stopped_node_is_reported_down_and_catches_up_when_it_comes_back() {
     assert_eq!(answer["fleet"]["nodes"]["edge-a"], "applied", "{answer}");
     assert_eq!(answer["fleet"]["nodes"]["edge-b"], "down", "{answer}");
     let id = answer["fleet"]["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        lacquer::cli::unconfirmed(&answer).as_deref(),
+        Some("edge-b (down)")
+    );
+    // `lacquer purge --wait` exits with 4 when not every node confirmed.
+    std::env::set_var("LACQUER_FLEET_TEST_TOKEN", CI);
+    let args = lacquer::cli::PurgeArgs {
+        endpoint: a.url("/.lacquer"),
+        token_env: "LACQUER_FLEET_TEST_TOKEN".into(),
+        tags: vec!["sale".into()],
+        urls: Vec::new(),
+        prefixes: Vec::new(),
+        all: false,
+        soft: false,
+        dry_run: false,
+        wait: Some(Duration::from_secs(1)),
+        request_id: None,
+        json: false,
+        retries: 0,
+        timeout: 10,
+    };
+    assert_eq!(
+        lacquer::cli::purge(args).await,
+        lacquer::cli::Exit::Unconfirmed
+    );
     // Back under its name: it resumes from the position it recorded.
     let b = node(&origin.url(), fleet(&redis.url(), "edge-b", Tier::Edge)).await;
     applied(&b, &id).await;
@@ -333,6 +358,7 @@ async fn a_stopped_node_is_reported_down_and_catches_up_when_it_comes_back() {
     .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["fleet"]["nodes"]["edge-b"], "applied", "{answer}");
+    assert_eq!(lacquer::cli::unconfirmed(&answer), None);
 }
 
 #[tokio::test]
@@ -495,6 +521,13 @@ async fn a_partition_longer_than_max_lag_revalidates_each_entry_once_then_recove
     });
     let answers = futures_util::future::join_all(gets).await;
     assert!(answers.iter().all(|r| r.status == 200));
+    assert!(
+        answers
+            .iter()
+            .all(|r| r.cache_status().contains("detail=fleet-partitioned")),
+        "{}",
+        answers[0].cache_status()
+    );
     let conditionals: Vec<_> = origin.seen()[before..]
         .iter()
         .map(|s| s.header("if-none-match").map(str::to_string))

@@ -489,6 +489,9 @@ impl Proxy {
         if cfg.debug_headers {
             render::debug_headers(res, &ctx.key);
         }
+        if self.admin.fleet().is_some_and(|f| f.partitioned()) {
+            render::partitioned_detail(res);
+        }
         if let Some(started) = started {
             render::access_log(ctx, res, started);
         }

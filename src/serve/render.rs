@@ -101,6 +101,21 @@ pub(crate) fn error_answer(
     )
 }
 
+/// While a fleet node is partitioned from its bus, its `Cache-Status` entry says so
+/// (RFC 9211 §2.8 `detail`): what it serves was revalidated within `max_lag`.
+pub(crate) fn partitioned_detail(res: &mut Response<Body>) {
+    let Some(entry) = res.headers().get(&CACHE_STATUS) else {
+        return;
+    };
+    let text = format!(
+        "{}; detail=fleet-partitioned",
+        String::from_utf8_lossy(entry.as_bytes())
+    );
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        res.headers_mut().insert(CACHE_STATUS.clone(), v);
+    }
+}
+
 /// The outcome label of a response, for the access log.
 #[derive(Clone, Copy)]
 pub(crate) struct OutcomeLabel(pub &'static str);
