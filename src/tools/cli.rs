@@ -477,6 +477,33 @@ pub fn format_report(answer: &serde_json::Value, replayed: bool) -> String {
             "(replayed: the server had already applied this request id; these are its first figures)"
         );
     }
+    let fleet = &answer["fleet"];
+    if let Some(id) = fleet["id"].as_str() {
+        let nodes: Vec<String> = fleet["nodes"]
+            .as_object()
+            .map(|n| {
+                n.iter()
+                    .map(|(node, state)| format!("{node} {}", state.as_str().unwrap_or("?")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = match fleet["complete"].as_bool() {
+            Some(true) => writeln!(
+                out,
+                "fleet: entry {id}, applied by every node: {}",
+                nodes.join(", ")
+            ),
+            Some(false) => writeln!(
+                out,
+                "fleet: entry {id}, NOT confirmed by every node: {}",
+                nodes.join(", ")
+            ),
+            None => writeln!(
+                out,
+                "fleet: entry {id} (no --wait: other nodes apply it from the bus)"
+            ),
+        };
+    }
     out
 }
 
@@ -974,6 +1001,7 @@ mod tests {
         assert_eq!(Exit::Refused.code(), 1);
         assert_eq!(Exit::Usage.code(), 2);
         assert_eq!(Exit::Unreachable.code(), 3);
+        assert_eq!(Exit::Unconfirmed.code(), 4);
     }
 
     #[test]
@@ -1137,6 +1165,18 @@ mod tests {
              token ci, request id deploy-7\n"
         );
         assert!(format_report(&answer, true).contains("replayed"));
+
+        // A fleet's answer: the entry and each node's state.
+        let mut fleet = answer.clone();
+        fleet["fleet"] = serde_json::json!({"id": "5-0", "complete": false,
+            "nodes": {"edge-1": "applied", "edge-2": "down"}});
+        assert!(format_report(&fleet, false).ends_with(
+            "fleet: entry 5-0, NOT confirmed by every node: edge-1 applied, edge-2 down\n"
+        ));
+        assert_eq!(unconfirmed(&fleet).as_deref(), Some("edge-2 (down)"));
+        fleet["fleet"]["complete"] = true.into();
+        assert_eq!(unconfirmed(&fleet), None);
+        assert_eq!(unconfirmed(&answer), None, "no fleet: nothing to confirm");
 
         let dry = serde_json::json!({
             "request_id": null,
