@@ -100,6 +100,10 @@ pub struct FleetSection {
     /// Shields catch up before answering edges (the ordering guarantee). Off only
     /// to rehearse the failure it prevents (the testbed does).
     pub shield_order: bool,
+    /// The networks a shield takes the fleet's edges from: only their
+    /// `Lacquer-Purged-Through` is honoured (and only they get tag fields). Default:
+    /// loopback and the private ranges.
+    pub peers: Vec<String>,
 }
 
 impl Default for FleetSection {
@@ -117,6 +121,16 @@ impl Default for FleetSection {
             catch_up_wait: Duration::from_millis(250),
             redis_timeout: Duration::from_secs(1),
             shield_order: true,
+            peers: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -136,6 +150,14 @@ pub struct FleetSettings {
     pub catch_up_wait: Duration,
     pub redis_timeout: Duration,
     pub shield_order: bool,
+    pub peers: Vec<ipnet::IpNet>,
+}
+
+impl FleetSettings {
+    /// May this client be one of the fleet's edges?
+    pub fn is_peer(&self, ip: std::net::IpAddr) -> bool {
+        self.peers.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// The machine's host name, the default node name.
@@ -214,6 +236,7 @@ fn fleet_settings(f: &FleetSection) -> Result<FleetSettings, ConfigError> {
         catch_up_wait: f.catch_up_wait,
         redis_timeout: f.redis_timeout,
         shield_order: f.shield_order,
+        peers: networks(&f.peers, "fleet.peers")?,
     })
 }
 
@@ -1196,20 +1219,25 @@ fn tag_rules(t: &TagsSection) -> Result<crate::tags::TagRules, ConfigError> {
     })
 }
 
+/// Addresses or CIDR networks; `key` names the list in errors.
+fn networks(list: &[String], key: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            ip.parse::<ipnet::IpNet>()
+                .or_else(|_| ip.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    err(
+                        format!("{key}[{i}]"),
+                        format!("`{ip}` is not an IP address or CIDR network"),
+                    )
+                })
+        })
+        .collect()
+}
+
 fn admin_settings(a: &AdminSection) -> Result<AdminSettings, ConfigError> {
-    let mut allow_ips = Vec::new();
-    for (i, ip) in a.allow_ips.iter().enumerate() {
-        let net = ip
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| ip.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| {
-                err(
-                    format!("admin.allow_ips[{i}]"),
-                    format!("`{ip}` is not an IP address or CIDR network"),
-                )
-            })?;
-        allow_ips.push(net);
-    }
+    let allow_ips = networks(&a.allow_ips, "admin.allow_ips")?;
     if !(1..=100_000).contains(&a.max_batch) {
         return Err(err("admin.max_batch", "must be between 1 and 100000"));
     }
@@ -1575,9 +1603,14 @@ mod tests {
         file.cache.max_size = ByteSize::mib(512);
         file.admin.read_timeout = Duration::from_secs(3);
         file.cache.coalesce_wait = Duration::from_secs(2);
+        file.fleet = Some(FleetSection {
+            node: Some("edge-1".into()),
+            ..FleetSection::default()
+        });
         let mut new = Settings::from_file(file).unwrap();
         let changed = new.keep_restart_only(&old);
-        assert_eq!(changed, ["cache.max_size", "admin.read_timeout"]);
+        assert_eq!(changed, ["cache.max_size", "admin.read_timeout", "fleet"]);
+        assert_eq!(new.fleet, None, "joining a fleet takes a restart");
         assert_eq!(new.max_size, old.max_size);
         assert_eq!(new.admin.read_timeout, old.admin.read_timeout);
         assert_eq!(new.coalesce_wait, Duration::from_secs(2), "applied at once");
@@ -1624,6 +1657,14 @@ mod tests {
             ("[key]\nheaders = [\"bad header\"]\n[[origins]]\nurl=\"http://a\"\n", "key.headers[0]"),
             ("[key]\nheaders_fold_case = [\"x-a\"]\n[[origins]]\nurl=\"http://a\"\n", "key.headers_fold_case[0]"),
             ("[key]\nquery_mode = \"sometimes\"\n", "key.query_mode"),
+            ("[fleet]\nredis = \"http://x:1\"\n[[origins]]\nurl=\"http://a\"\n", "fleet.redis"),
+            ("[fleet]\nredis = \"redis://\"\n[[origins]]\nurl=\"http://a\"\n", "fleet.redis"),
+            ("[fleet]\nnode = \"edge 1\"\n[[origins]]\nurl=\"http://a\"\n", "fleet.node"),
+            ("[fleet]\ntier = \"middle\"\n", "fleet.tier"),
+            ("[fleet]\nmax_lag = \"1s\"\nheartbeat = \"2s\"\n[[origins]]\nurl=\"http://a\"\n", "fleet.max_lag"),
+            ("[fleet]\nretention = 5\n[[origins]]\nurl=\"http://a\"\n", "fleet.retention"),
+            ("[fleet]\npeers = [\"10.0.0.0/33\"]\n[[origins]]\nurl=\"http://a\"\n", "fleet.peers[0]"),
+            ("[fleet]\nstream = \"\"\n[[origins]]\nurl=\"http://a\"\n", "fleet.stream"),
             // A date-time where a table belongs: the key, not toml's private field.
             ("[vary]\nnormalizers = [1979-05-27T07:32:00Z]\n", "vary.normalizers[0]"),
         ];

@@ -104,6 +104,36 @@ fn missing_config_file_and_bad_flags_exit_2() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
+    // The fleet flags: a node name without a fleet, a bad Redis URL.
+    let origin = "--origin=http://127.0.0.1:9";
+    for (args, says) in [
+        (
+            vec!["serve", origin, "--node", "edge-1"],
+            "--node and --tier need --fleet",
+        ),
+        (vec!["serve", origin, "--fleet", "http://x"], "fleet.redis"),
+        (
+            vec![
+                "serve",
+                origin,
+                "--fleet",
+                "redis://127.0.0.1:1",
+                "--node",
+                "a b",
+            ],
+            "fleet.node",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .args(["--listen", "127.0.0.1:0"])
+            .current_dir(std::env::temp_dir())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
 
 /// Kills the child when the test ends, however it ends.

@@ -608,3 +608,36 @@ async fn a_confirmed_purge_survives_a_redis_restart() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["fleet"]["complete"], true, "{answer}");
 }
+
+#[tokio::test]
+async fn a_shield_honours_the_fleet_header_only_from_its_peers_networks() {
+    let redis = Redis::start().await;
+    let origin = Origin::start(versioned_origin(Arc::new(AtomicUsize::new(1)))).await;
+    let mut sf = fleet(&redis.url(), "shield-1", Tier::Shield);
+    // The edge below talks from 127.0.0.1, outside this list.
+    sf.peers = vec!["10.0.0.0/8".into()];
+    let shield = node(&origin.url(), sf).await;
+    let edge = node(
+        &format!("http://{}", shield.addr),
+        fleet(&redis.url(), "edge-1", Tier::Edge),
+    )
+    .await;
+    joined(&[&shield, &edge]).await;
+    assert_eq!(edge.get("/t/sale/page").await.text(), "/t/sale/page v1");
+    // Not a peer: the shield stripped the tags, so the edge indexed none.
+    let (status, dry) = purge(
+        &edge,
+        CI,
+        serde_json::json!({"tags": ["sale"], "dry_run": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["report"]["tags"]["sale"], 0, "{dry}");
+    // And a forged position from a stranger costs the shield nothing: its cache
+    // answers (the first request stores, the second is a hit).
+    let forged = [("lacquer-purged-through", "99999999999999-0")];
+    shield.get_with("/t/sale/other", &forged).await;
+    let res = shield.get_with("/t/sale/other", &forged).await;
+    assert!(res.is_hit(), "{}", res.cache_status());
+    assert_eq!(res.header("surrogate-key"), None);
+}

@@ -348,7 +348,8 @@ impl Proxy {
         let mut through = None;
         if let Some(fleet) = self.admin.fleet() {
             let sent = parts.headers.remove(&PURGED_THROUGH);
-            if fleet.settings().tier == Tier::Shield {
+            let f = fleet.settings();
+            if f.tier == Tier::Shield && f.is_peer(client.addr.ip()) {
                 through = sent.and_then(|v| v.to_str().ok()?.parse::<StreamId>().ok());
             }
         }
