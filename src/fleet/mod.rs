@@ -310,17 +310,24 @@ impl Fleet {
     pub async fn confirm(&self, id: StreamId, wait: Duration) -> Confirmation {
         let deadline = Instant::now() + wait;
         let mut conn = self.writer.clone();
+        // What the last readable records said (at first: this node alone).
+        let mut nodes = BTreeMap::from([(self.cfg.node.clone(), self.own_state(id))]);
         loop {
-            let nodes = match redis::nodes(&mut conn, &self.keys).await {
-                Ok(records) => self.states(&records, id),
-                Err(_) => BTreeMap::from([(self.cfg.node.clone(), self.own_state(id))]),
+            // Records that cannot be read confirm nothing: the answer stays
+            // incomplete until they can.
+            let read = match redis::nodes(&mut conn, &self.keys).await {
+                Ok(records) => {
+                    nodes = self.states(&records, id);
+                    true
+                }
+                Err(_) => false,
             };
-            let pending = nodes.values().any(|s| *s == NodeState::Pending);
+            let pending = !read || nodes.values().any(|s| *s == NodeState::Pending);
             let now = Instant::now();
             if !pending || now >= deadline {
                 return Confirmation {
                     id: id.to_string(),
-                    complete: Some(nodes.values().all(|s| *s == NodeState::Applied)),
+                    complete: Some(read && nodes.values().all(|s| *s == NodeState::Applied)),
                     nodes: Some(nodes),
                 };
             }
