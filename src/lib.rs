@@ -25,4 +25,4 @@ pub use rules::{conditional, directives, freshness, vary};
 pub(crate) use rules::{forward, outcome};
 pub use serve::server;
 pub(crate) use serve::{admin, fetch, origin, proxy, render, request};
-pub use tools::{cli, demo_origin};
+pub use tools::{cli, demo_origin, testbed};

@@ -117,6 +117,10 @@ enum Command {
     /// Poll a URL until the new content is served: exit 0 served, 1 not in time,
     /// 2 usage, 3 unreachable.
     Verify(lacquer::cli::VerifyArgs),
+    /// Rehearse purges on a local fleet (redis-server, shields, edges, origin,
+    /// load) and report each node's staleness window: exit 0 done, 1 failed, 2 bad
+    /// topology.
+    Testbed(lacquer::testbed::TestbedArgs),
 }
 
 /// `[fleet]` from the command line: each flag overrides its key.
@@ -315,6 +319,11 @@ fn main() -> ExitCode {
         }
         Command::Purge(args) => run_cli(lacquer::cli::purge(args)),
         Command::Verify(args) => run_cli(lacquer::cli::verify(args)),
+        Command::Testbed(args) => {
+            // The nodes' own logs would drown the progress line: errors only.
+            init_logging(lacquer::config::LogFormat::Text, "error");
+            block_on(lacquer::testbed::command(args)).map_or(ExitCode::from(1), ExitCode::from)
+        }
     }
 }
 

@@ -3,3 +3,4 @@
 
 pub mod cli;
 pub mod demo_origin;
+pub mod testbed;
