@@ -166,148 +166,132 @@ impl Default for LoadSpec {
     }
 }
 
-fn step(at_ms: u64, action: Action) -> Step {
+/// A step at `at_ms`: `tag` and `node` by name, `wait` in milliseconds.
+fn step(
+    at_ms: u64,
+    action: Action,
+    tag: Option<&str>,
+    node: Option<&str>,
+    wait_ms: Option<u64>,
+    soft: bool,
+) -> Step {
     Step {
         at: Duration::from_millis(at_ms),
         action,
-        tag: None,
-        node: None,
-        wait: None,
-        soft: false,
+        tag: tag.map(String::from),
+        node: node.map(String::from),
+        wait: wait_ms.map(Duration::from_millis),
+        soft,
         rate: None,
         lasting: None,
     }
 }
 
+fn scenario(name: &str, about: &str, secs: u64, shield_order: bool, steps: Vec<Step>) -> Scenario {
+    Scenario {
+        name: name.into(),
+        about: about.into(),
+        duration: Duration::from_secs(secs),
+        shield_order,
+        steps,
+    }
+}
+
+fn node(name: &str, tier: &str, shield: Option<&str>) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        tier: tier.into(),
+        shield: shield.map(String::from),
+    }
+}
+
 impl Default for Topology {
     /// 1 shield, 3 edges behind it, 1,000 tagged objects, 200 requests a second
-    /// per edge, and the six scenarios.
+    /// per edge, and the six scenarios (`examples/testbed.toml` spells them out).
     fn default() -> Self {
-        let node = |name: &str, tier: &str, shield: Option<&str>| NodeSpec {
-            name: name.into(),
-            tier: tier.into(),
-            shield: shield.map(String::from),
+        use Action::{Hold, Kill, Publish, Purge, Release, Start, Storm};
+        let bypass = |name: &str, about: &str, ordered: bool| {
+            scenario(
+                name,
+                about,
+                8,
+                ordered,
+                vec![
+                    step(1500, Hold, None, Some("shield-1"), None, false),
+                    step(2000, Publish, None, None, None, false),
+                    step(2000, Purge, None, None, Some(500), false),
+                    step(6000, Release, None, Some("shield-1"), None, false),
+                ],
+            )
         };
-        let purge = |at, soft| Step {
-            soft,
-            ..step(at, Action::Purge)
-        };
-        let on = |mut s: Step, node: &str| {
-            s.node = Some(node.into());
-            s
-        };
-        let scenarios = vec![
-            Scenario {
-                name: "purge".into(),
-                about: "the origin publishes a new version of the hot tag, which is then purged with wait".into(),
-                duration: Duration::from_secs(8),
-                shield_order: true,
-                steps: vec![step(2000, Action::Publish), purge(2000, false)],
-            },
-            Scenario {
-                name: "partial".into(),
-                about: "edge-3's bus delivery stalls during the purge; max_lag bounds its staleness".into(),
-                duration: Duration::from_secs(14),
-                shield_order: true,
-                steps: vec![
-                    on(step(1000, Action::Hold), "edge-3"),
-                    step(2000, Action::Publish),
-                    Step {
-                        wait: Some(Duration::from_secs(2)),
-                        ..purge(2000, false)
-                    },
-                    on(step(11000, Action::Release), "edge-3"),
+        let mut storm = step(3000, Storm, None, None, None, false);
+        storm.rate = Some(200);
+        storm.lasting = Some(Duration::from_secs(5));
+        let scenarios =
+            vec![
+            scenario(
+                "purge",
+                "the origin publishes a new version of the hot tag, which is then purged with wait",
+                8,
+                true,
+                vec![
+                    step(2000, Publish, None, None, None, false),
+                    step(2000, Purge, None, None, None, false),
                 ],
-            },
-            Scenario {
-                name: "storm".into(),
-                about: "200 tag purges a second for 5 s under load".into(),
-                duration: Duration::from_secs(10),
-                shield_order: true,
-                steps: vec![Step {
-                    rate: Some(200),
-                    lasting: Some(Duration::from_secs(5)),
-                    ..step(3000, Action::Storm)
-                }],
-            },
-            Scenario {
-                name: "stampede".into(),
-                about: "a hard purge of the hot tag, then a soft one".into(),
-                duration: Duration::from_secs(12),
-                shield_order: true,
-                steps: vec![
-                    step(2000, Action::Publish),
-                    purge(2000, false),
-                    step(7000, Action::Publish),
-                    purge(7000, true),
+            ),
+            scenario(
+                "partial",
+                "edge-3's bus delivery stalls during the purge; max_lag bounds its staleness",
+                14,
+                true,
+                vec![
+                    step(1000, Hold, None, Some("edge-3"), None, false),
+                    step(2000, Publish, None, None, None, false),
+                    step(2000, Purge, None, None, Some(2000), false),
+                    step(11000, Release, None, Some("edge-3"), None, false),
                 ],
-            },
-            Scenario {
-                name: "shield-bypass".into(),
-                about: "the shield's consumer is held while the edges apply a purge (ordering on)".into(),
-                duration: Duration::from_secs(8),
-                shield_order: true,
-                steps: vec![
-                    on(step(1500, Action::Hold), "shield-1"),
-                    step(2000, Action::Publish),
-                    Step {
-                        wait: Some(Duration::from_millis(500)),
-                        ..purge(2000, false)
-                    },
-                    on(step(6000, Action::Release), "shield-1"),
+            ),
+            scenario("storm", "200 tag purges a second for 5 s under load", 10, true, vec![storm]),
+            scenario(
+                "stampede",
+                "a hard purge of the hot tag, then a soft one",
+                12,
+                true,
+                vec![
+                    step(2000, Publish, None, None, None, false),
+                    step(2000, Purge, None, None, None, false),
+                    step(7000, Publish, None, None, None, false),
+                    step(7000, Purge, None, None, None, true),
                 ],
-            },
-            Scenario {
-                name: "shield-bypass-unordered".into(),
-                about: "the same with the ordering switched off: the classic failure".into(),
-                duration: Duration::from_secs(8),
-                shield_order: false,
-                steps: vec![
-                    on(step(1500, Action::Hold), "shield-1"),
-                    step(2000, Action::Publish),
-                    Step {
-                        wait: Some(Duration::from_millis(500)),
-                        ..purge(2000, false)
-                    },
-                    on(step(6000, Action::Release), "shield-1"),
+            ),
+            bypass(
+                "shield-bypass",
+                "the shield's consumer is held while the edges apply a purge (ordering on)",
+                true,
+            ),
+            bypass(
+                "shield-bypass-unordered",
+                "the same with the ordering switched off: the classic failure",
+                false,
+            ),
+            scenario(
+                "restart",
+                "edge-2 is killed during a series of purges and started again",
+                10,
+                true,
+                vec![
+                    step(1000, Publish, None, None, None, false),
+                    step(1000, Purge, None, None, None, false),
+                    step(2000, Kill, None, Some("edge-2"), None, false),
+                    step(3000, Publish, Some("tag-1"), None, None, false),
+                    step(3000, Purge, Some("tag-1"), None, None, false),
+                    step(4000, Publish, Some("tag-2"), None, None, false),
+                    step(4000, Purge, Some("tag-2"), None, None, false),
+                    step(5000, Start, None, Some("edge-2"), None, false),
+                    step(7000, Publish, Some("tag-3"), None, None, false),
+                    step(7000, Purge, Some("tag-3"), None, None, false),
                 ],
-            },
-            Scenario {
-                name: "restart".into(),
-                about: "edge-2 is killed during a series of purges and started again".into(),
-                duration: Duration::from_secs(10),
-                shield_order: true,
-                steps: vec![
-                    step(1000, Action::Publish),
-                    purge(1000, false),
-                    on(step(2000, Action::Kill), "edge-2"),
-                    Step {
-                        tag: Some("tag-1".into()),
-                        ..step(3000, Action::Publish)
-                    },
-                    Step {
-                        tag: Some("tag-1".into()),
-                        ..purge(3000, false)
-                    },
-                    Step {
-                        tag: Some("tag-2".into()),
-                        ..step(4000, Action::Publish)
-                    },
-                    Step {
-                        tag: Some("tag-2".into()),
-                        ..purge(4000, false)
-                    },
-                    on(step(5000, Action::Start), "edge-2"),
-                    Step {
-                        tag: Some("tag-3".into()),
-                        ..step(7000, Action::Publish)
-                    },
-                    Step {
-                        tag: Some("tag-3".into()),
-                        ..purge(7000, false)
-                    },
-                ],
-            },
+            ),
         ];
         Topology {
             nodes: vec![
@@ -500,6 +484,16 @@ mod tests {
         let text = toml::to_string(&t).unwrap();
         let again = Topology::parse(&text).unwrap();
         assert_eq!(again.scenarios.len(), t.scenarios.len());
+    }
+
+    #[test]
+    fn the_shipped_example_is_the_default() {
+        let text = include_str!("../../../examples/testbed.toml");
+        let shipped = Topology::parse(text).unwrap();
+        assert_eq!(
+            serde_json::to_value(&shipped).unwrap(),
+            serde_json::to_value(Topology::default()).unwrap()
+        );
     }
 
     #[test]
