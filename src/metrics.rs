@@ -71,7 +71,7 @@ pub struct FleetMetrics {
     pub gap_flushes: Counter,
     /// Seconds spent partitioned from the bus.
     pub partitioned_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
-    /// How far behind the stream's newest entry this node's position is.
+    /// How long the oldest purge this node has not applied has waited.
     pub lag_ms: Gauge,
 }
 
@@ -208,7 +208,7 @@ impl Metrics {
         );
         registry.register(
             "fleet_lag_milliseconds",
-            "How far this node's position is behind the bus's newest purge",
+            "How long the oldest purge this node has not applied has waited",
             fleet.lag_ms.clone(),
         );
         Metrics {

@@ -183,13 +183,9 @@ pub(super) async fn heartbeat(fleet: Weak<Fleet>) {
             continue;
         }
         f.recorded.send_if_modified(|r| !std::mem::replace(r, true));
-        if let Ok(Some(info)) = redis::info(&mut conn, &f.keys).await {
-            let applied = f.applied();
-            let lag = if applied < info.last_generated {
-                info.last_generated.ms.saturating_sub(applied.ms)
-            } else {
-                0
-            };
+        // The lag: how long the oldest purge this node has not applied has waited.
+        if let Ok((_, lag)) = redis::lag_ms(&mut conn, &f.keys, f.applied(), super::unix_ms()).await
+        {
             f.metrics
                 .fleet
                 .lag_ms

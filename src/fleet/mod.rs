@@ -399,17 +399,12 @@ impl Fleet {
         for (name, r) in &records {
             let applied: StreamId = r.applied.parse().unwrap_or_default();
             let silent = now.saturating_sub(r.beat_ms);
-            let lag_entries = if applied < info.last_generated {
-                redis::entries_after(&mut conn, &self.keys, applied, 10_000)
+            let (lag_entries, lag_ms) = if applied < info.last_generated {
+                redis::lag_ms(&mut conn, &self.keys, applied, now)
                     .await
-                    .unwrap_or(0)
+                    .unwrap_or((0, 0))
             } else {
-                0
-            };
-            let lag_ms = if applied < info.last_generated {
-                info.last_generated.ms.saturating_sub(applied.ms)
-            } else {
-                0
+                (0, 0)
             };
             let state = if silent > r.down_after_ms {
                 "down"

@@ -226,13 +226,13 @@ fn parse_info(reply: Value) -> StreamInfo {
     info
 }
 
-/// How many entries follow `after`, counting at most `cap`.
+/// How many entries follow `after` (counting at most `cap`), and the first of them.
 pub async fn entries_after(
     conn: &mut ConnectionManager,
     keys: &Keys,
     after: StreamId,
     cap: usize,
-) -> redis::RedisResult<usize> {
+) -> redis::RedisResult<(usize, Option<StreamId>)> {
     let reply: Value = redis::cmd("XRANGE")
         .arg(&keys.stream)
         .arg(format!("({after}"))
@@ -242,9 +242,27 @@ pub async fn entries_after(
         .query_async(conn)
         .await?;
     Ok(match reply {
-        Value::Array(entries) => entries.len(),
-        _ => 0,
+        Value::Array(entries) => {
+            let first = entries.first().and_then(|e| match e {
+                Value::Array(parts) => parts.first().and_then(text)?.parse().ok(),
+                _ => None,
+            });
+            (entries.len(), first)
+        }
+        _ => (0, None),
     })
+}
+
+/// How long the oldest entry after `after` has waited, by its id's clock (0 when
+/// there is none): a node's lag.
+pub async fn lag_ms(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    after: StreamId,
+    now_ms: u64,
+) -> redis::RedisResult<(usize, u64)> {
+    let (count, first) = entries_after(conn, keys, after, 10_000).await?;
+    Ok((count, first.map_or(0, |f| now_ms.saturating_sub(f.ms))))
 }
 
 pub async fn record_node(
