@@ -43,6 +43,7 @@ fn short_topology() -> Topology {
             size: 256,
             tags: 4,
             cache_control: "max-age=3600".into(),
+            cache_control_by_tag: [("tag-3".to_string(), "max-age=1".to_string())].into(),
         },
         load: LoadSpec {
             clients: 2,
@@ -135,6 +136,15 @@ async fn short_purge_and_partial_scenarios_report_what_clients_were_served() {
             s.name
         );
     }
+    // tag-3's class expires after 1 s: its objects come back as revalidations.
+    assert!(
+        report.scenarios[0]
+            .timeline
+            .origin
+            .iter()
+            .any(|o| o.conditional),
+        "conditional requests for the short-lived class"
+    );
     let purge = &report.scenarios[0].purges[0];
     assert_eq!(purge.complete, Some(true), "{purge:?}");
     for edge in ["edge-1", "edge-2"] {

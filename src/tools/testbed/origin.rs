@@ -138,8 +138,12 @@ async fn answer(
     let tag = n % spec.tags;
     let version = versions[tag].load(Ordering::SeqCst);
     let etag = format!("\"{n}-v{version}\"");
+    let cache_control = spec
+        .cache_control_by_tag
+        .get(&format!("tag-{tag}"))
+        .unwrap_or(&spec.cache_control);
     let mut builder = Response::builder()
-        .header("cache-control", spec.cache_control.as_str())
+        .header("cache-control", cache_control.as_str())
         .header("etag", etag.as_str())
         .header("surrogate-key", format!("tag-{tag}"));
     let matches = req

@@ -479,6 +479,21 @@ fn timeline_svg(topology: &Topology, s: &ScenarioReport) -> String {
             }
         }
     }
+    for e in &s.timeline.events {
+        // A new version published is not a fault: its own colour.
+        let colour = if e.what.starts_with("publish") {
+            "#a3c"
+        } else {
+            "#e80"
+        };
+        let _ = write!(
+            svg,
+            "<line x1=\"{0}\" x2=\"{0}\" y1=\"0\" y2=\"{1}\" stroke=\"{colour}\" stroke-width=\"2\"><title>{2}</title></line>",
+            x(e.t_ms),
+            height - 20.0,
+            esc(&format!("{} {}", e.what, e.node.as_deref().unwrap_or("")))
+        );
+    }
     for p in &s.timeline.purges {
         let _ = write!(
             svg,
@@ -495,15 +510,6 @@ fn timeline_svg(topology: &Topology, s: &ScenarioReport) -> String {
                 height - 20.0
             );
         }
-    }
-    for e in &s.timeline.events {
-        let _ = write!(
-            svg,
-            "<line x1=\"{0}\" x2=\"{0}\" y1=\"0\" y2=\"{1}\" stroke=\"#e80\" stroke-width=\"2\"><title>{2}</title></line>",
-            x(e.t_ms),
-            height - 20.0,
-            esc(&format!("{} {}", e.what, e.node.as_deref().unwrap_or("")))
-        );
     }
     let _ = write!(
         svg,
@@ -579,7 +585,7 @@ pub fn html(topology: &Topology, report: &Report) -> String {
         out,
         "<p>Nodes: {}.</p><p class=\"key\">Timelines: <span style=\"background:#2a2\"></span>new version served\
          <span style=\"background:#d33\"></span>old version served after the purge was sent\
-         <span style=\"background:#36c\"></span>purge sent (dashed: answered)<span style=\"background:#e80\"></span>fault</p>",
+         <span style=\"background:#36c\"></span>purge sent (dashed: answered)<span style=\"background:#a3c\"></span>new version published<span style=\"background:#e80\"></span>fault</p>",
         report
             .nodes
             .iter()

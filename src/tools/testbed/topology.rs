@@ -47,6 +47,10 @@ pub struct OriginSpec {
     /// favours.
     pub tags: usize,
     pub cache_control: String,
+    /// Cache-Control for the objects of some tags (their class), instead of
+    /// `cache_control`: `{ "tag-1" = "max-age=60, stale-while-revalidate=30" }`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cache_control_by_tag: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +156,7 @@ impl Default for OriginSpec {
             size: 2048,
             tags: 20,
             cache_control: "max-age=3600".into(),
+            cache_control_by_tag: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -381,6 +386,21 @@ impl Topology {
         }
         if o.tags == 0 || o.tags > o.objects {
             return Err(bad("origin.tags", "must be between 1 and origin.objects"));
+        }
+        for (tag, cc) in &o.cache_control_by_tag {
+            let n: Option<usize> = tag.strip_prefix("tag-").and_then(|n| n.parse().ok());
+            if n.is_none_or(|n| n >= o.tags) {
+                return Err(bad(
+                    format!("origin.cache_control_by_tag.{tag}"),
+                    format!("`{tag}` is not one of tag-0 … tag-{}", o.tags - 1),
+                ));
+            }
+            if http::HeaderValue::from_str(cc).is_err() {
+                return Err(bad(
+                    format!("origin.cache_control_by_tag.{tag}"),
+                    "not a valid header value",
+                ));
+            }
         }
         if o.size > 16 * 1024 * 1024 {
             return Err(bad("origin.size", "must be at most 16 MiB"));
