@@ -135,6 +135,14 @@ async fn short_purge_and_partial_scenarios_report_what_clients_were_served() {
             "{}: the purge sent requests to the origin",
             s.name
         );
+        // Two observers of the origin's load agree: its own log, and what the
+        // shield (the only node in front of it) counted sending.
+        assert_eq!(
+            t.node_origin_requests.get("shield-1").copied(),
+            Some(t.origin.len() as u64),
+            "{}",
+            s.name
+        );
     }
     // tag-3's class expires after 1 s: its objects come back as revalidations.
     assert!(

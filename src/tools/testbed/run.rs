@@ -90,6 +90,10 @@ pub struct Timeline {
     pub storms: Vec<StormRecord>,
     /// When a node was (re)started, per node.
     pub started_ms: BTreeMap<String, Vec<u64>>,
+    /// What each node itself counted at the end (its `/.lacquer/metrics`): the
+    /// requests it sent to the node or origin behind it. A second observer of the
+    /// origin's load, beside the origin's own log.
+    pub node_origin_requests: BTreeMap<String, u64>,
     /// Each node's position in the stream as it moved: (ms, stream id).
     pub positions: BTreeMap<String, Vec<(u64, String)>>,
 }
@@ -239,6 +243,22 @@ async fn fleet_lag(env: &Env, addr: SocketAddr) -> BTreeMap<String, u64> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The requests a node sent to what is behind it, as its own metrics count them.
+async fn origin_requests_counted(env: &Env, addr: SocketAddr) -> Option<u64> {
+    let req = http::Request::get(format!("http://{addr}/.lacquer/metrics"))
+        .body(Full::default())
+        .ok()?;
+    let res = env.client.request(req).await.ok()?;
+    let text = res.into_body().collect().await.ok()?.to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("lacquer_origin_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
 }
 
 /// Client load on one edge until `stop`: `clients` loops, `rate` a second in all.
@@ -578,6 +598,13 @@ pub(super) async fn scenario(
     for b in background {
         // Confirmations are bounded by their `wait`, storms by their length.
         let _ = tokio::time::timeout(Duration::from_secs(15), b).await;
+    }
+    for n in &nodes {
+        if n.running.is_some() {
+            if let Some(count) = origin_requests_counted(env, n.listen).await {
+                timeline.node_origin_requests.insert(n.name.clone(), count);
+            }
+        }
     }
     drop(nodes);
     for m in monitors {
