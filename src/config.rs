@@ -289,6 +289,9 @@ pub struct LogSection {
     pub access: bool,
     /// Default filter when RUST_LOG is not set, e.g. "info" or "lacquer=debug".
     pub level: String,
+    /// The share of cache hits that get an access log line (0 to 1; 1: every
+    /// one). Misses, errors and purges are always logged.
+    pub sample_hits: f64,
 }
 
 impl Default for LogSection {
@@ -297,6 +300,7 @@ impl Default for LogSection {
             format: LogFormat::Text,
             access: true,
             level: "info".into(),
+            sample_hits: 1.0,
         }
     }
 }
@@ -915,6 +919,8 @@ pub struct Settings {
     pub h2_idle_timeout: Duration,
     pub max_origin_requests_per_connection: usize,
     pub access_log: bool,
+    /// `log.sample_hits`.
+    pub sample_hits: f64,
     /// The purge bus (`[fleet]`); none: this node purges alone.
     pub fleet: Option<FleetSettings>,
     /// TLS termination on the listener.
@@ -1325,6 +1331,9 @@ fn key_rules(file: &ConfigFile) -> Result<KeyRules, ConfigError> {
 
 impl Settings {
     pub fn from_file(file: ConfigFile) -> Result<Settings, ConfigError> {
+        if !(0.0..=1.0).contains(&file.log.sample_hits) {
+            return Err(err("log.sample_hits", "must be between 0 and 1"));
+        }
         let s = &file.server;
         if s.header_read_timeout.is_zero() {
             return Err(err(
@@ -1552,6 +1561,7 @@ impl Settings {
             h2_idle_timeout: s.h2_idle_timeout,
             max_origin_requests_per_connection: s.max_origin_requests_per_connection,
             access_log: file.log.access,
+            sample_hits: file.log.sample_hits,
             fleet: file.fleet.as_ref().map(fleet_settings).transpose()?,
             tls: match &s.tls {
                 None => None,
@@ -1657,6 +1667,7 @@ mod tests {
             ("[key]\nheaders = [\"bad header\"]\n[[origins]]\nurl=\"http://a\"\n", "key.headers[0]"),
             ("[key]\nheaders_fold_case = [\"x-a\"]\n[[origins]]\nurl=\"http://a\"\n", "key.headers_fold_case[0]"),
             ("[key]\nquery_mode = \"sometimes\"\n", "key.query_mode"),
+            ("[log]\nsample_hits = 1.5\n[[origins]]\nurl=\"http://a\"\n", "log.sample_hits"),
             ("[fleet]\nredis = \"http://x:1\"\n[[origins]]\nurl=\"http://a\"\n", "fleet.redis"),
             ("[fleet]\nredis = \"redis://\"\n[[origins]]\nurl=\"http://a\"\n", "fleet.redis"),
             ("[fleet]\nnode = \"edge 1\"\n[[origins]]\nurl=\"http://a\"\n", "fleet.node"),

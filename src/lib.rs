@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub(crate) mod error;
 pub(crate) mod fleet;
+pub mod logging;
 pub(crate) mod metrics;
 pub mod purge;
 pub mod rules;

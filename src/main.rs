@@ -195,18 +195,6 @@ fn load_settings(
     Settings::from_file(file)
 }
 
-fn init_logging(format: lacquer::config::LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        lacquer::config::LogFormat::Json => builder.json().init(),
-        lacquer::config::LogFormat::Text => builder.init(),
-    }
-}
-
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -252,7 +240,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return config_failure(&e),
             };
-            init_logging(settings.file.log.format, &settings.file.log.level);
+            let _log = lacquer::logging::init(settings.file.log.format, &settings.file.log.level);
             let drain = settings.drain_timeout;
             let threads = settings.file.server.threads;
             run_with(threads, async move {
@@ -297,7 +285,7 @@ fn main() -> ExitCode {
             fixed_surrogate_key,
             threads,
         } => {
-            init_logging(lacquer::config::LogFormat::Text, "info");
+            let _log = lacquer::logging::init(lacquer::config::LogFormat::Text, "info");
             run_with(threads, async move {
                 let origin = match fixed_size {
                     Some(size) => {
@@ -321,7 +309,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_cli(lacquer::cli::verify(args)),
         Command::Testbed(args) => {
             // The nodes' own logs would drown the progress line: errors only.
-            init_logging(lacquer::config::LogFormat::Text, "error");
+            let _log = lacquer::logging::init(lacquer::config::LogFormat::Text, "error");
             block_on(lacquer::testbed::command(args)).map_or(ExitCode::from(1), ExitCode::from)
         }
     }

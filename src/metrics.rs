@@ -169,6 +169,11 @@ impl Metrics {
             help: "Entries evicted to stay within the memory budget",
             read: Box::new(evictions),
         }));
+        registry.register_collector(Box::new(ReadCounter {
+            name: "log_dropped_lines",
+            help: "Log lines dropped because the log writer fell behind",
+            read: Box::new(crate::logging::dropped_lines),
+        }));
         let entries = Gauge::default();
         registry.register("entries", "URLs stored", entries.clone());
         let bytes = Gauge::default();

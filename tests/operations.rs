@@ -98,9 +98,10 @@ async fn metrics_move_as_requests_are_served() {
     assert_eq!(origin.hits(), 1, "scrapes never reach the origin");
 }
 
-/// The real binary: JSON access log lines, and SIGTERM exits 0 after draining.
-#[test]
-fn access_log_lines_and_sigterm() {
+/// Runs the real binary with `config`, sends `gets` GETs of one URL (the first a
+/// miss, then hits), stops it with SIGTERM (asserting a graceful exit) and returns
+/// what it wrote to standard error, a pipe.
+fn serve_and_log(name: &str, config: &str, gets: usize) -> String {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
 
@@ -110,13 +111,13 @@ fn access_log_lines_and_sigterm() {
     }));
     let dir = std::env::temp_dir().join(format!("lacquer-ops-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("json-log.toml");
-    std::fs::write(&config, "[log]\nformat = \"json\"\n").unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lacquer"))
         .args([
             "serve",
             "--config",
-            config.to_str().unwrap(),
+            path.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
             "--origin",
@@ -138,7 +139,7 @@ fn access_log_lines_and_sigterm() {
                 .build::<_, http_body_util::Full<bytes::Bytes>>(
                 hyper_util::client::legacy::connect::HttpConnector::new(),
             );
-        for _ in 0..2 {
+        for _ in 0..gets {
             let req = http::Request::get(format!("http://{addr}/page?q=1"))
                 .header("authorization", "Bearer super-secret-value")
                 .body(http_body_util::Full::default())
@@ -164,6 +165,13 @@ fn access_log_lines_and_sigterm() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
+    stderr
+}
+
+/// The real binary: JSON access log lines, and SIGTERM exits 0 after draining.
+#[test]
+fn access_log_lines_and_sigterm() {
+    let stderr = serve_and_log("json-log", "[log]\nformat = \"json\"\n", 2);
     assert!(
         !stderr.contains("super-secret-value"),
         "secrets never reach the log"
@@ -434,4 +442,32 @@ async fn shutdown_closes_idle_kept_alive_connections() {
         0,
         "closed by the proxy"
     );
+}
+
+/// Issue 18: the access log goes through a writer thread and is all there after a
+/// SIGTERM; no colour codes when standard error is not a terminal; with
+/// `log.sample_hits = 0` hits get no line, misses still do.
+#[test]
+fn the_buffered_log_is_complete_plain_and_samples_only_hits() {
+    let stderr = serve_and_log("sampled", "[log]\nsample_hits = 0.0\n", 5);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes into a pipe: {stderr:?}"
+    );
+    let access: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("lacquer::access"))
+        .collect();
+    assert_eq!(access.len(), 1, "the miss alone: {stderr}");
+    assert!(
+        access[0].contains("cache=\"miss\"") || access[0].contains("cache=miss"),
+        "{}",
+        access[0]
+    );
+    let all = serve_and_log("every", "", 5);
+    let lines = all
+        .lines()
+        .filter(|l| l.contains("lacquer::access"))
+        .count();
+    assert_eq!(lines, 5, "every request, flushed before exit: {all}");
 }

@@ -494,7 +494,7 @@ impl Proxy {
             render::partitioned_detail(res);
         }
         if let Some(started) = started {
-            render::access_log(ctx, res, started);
+            render::access_log(ctx, res, started, cfg.sample_hits);
         }
     }
 }

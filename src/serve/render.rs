@@ -173,8 +173,18 @@ pub(crate) fn debug_headers(res: &mut Response<Body>, key: &CacheKey) {
 
 /// One structured line per request (target `lacquer::access`): never a header value,
 /// so no secret can reach the log.
-pub(crate) fn access_log(ctx: &Ctx, res: &Response<Body>, started: std::time::Instant) {
+/// One access log line; of the hits, only the share `sample_hits` (misses,
+/// errors and purges always).
+pub(crate) fn access_log(
+    ctx: &Ctx,
+    res: &Response<Body>,
+    started: std::time::Instant,
+    sample_hits: f64,
+) {
     let cache = res.extensions().get::<OutcomeLabel>().map_or("-", |o| o.0);
+    if sample_hits < 1.0 && cache == "hit" && fastrand::f64() >= sample_hits {
+        return;
+    }
     let bytes = res
         .headers()
         .get(CONTENT_LENGTH)

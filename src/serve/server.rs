@@ -76,7 +76,10 @@ pub async fn start(settings: Settings) -> io::Result<Running> {
     let addr = listener.local_addr()?;
     let proxy = Proxy::new(settings);
     proxy.origins().spawn_health_checks();
-    let mut health_checks = vec![tokio::spawn(sweeper(proxy.clone()))];
+    let mut health_checks = vec![
+        tokio::spawn(sweeper(proxy.clone())),
+        tokio::spawn(crate::logging::announce_drops()),
+    ];
     if let Some(fleet) = proxy.fleet() {
         health_checks.extend(fleet.spawn());
     }
