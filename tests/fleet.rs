@@ -161,17 +161,22 @@ async fn joined(nodes: &[&Proxy]) {
     }
 }
 
-async fn fleet_status(p: &Proxy) -> serde_json::Value {
+/// An admin endpoint's answer (200 expected) as text, with the test's token.
+async fn admin_text(p: &Proxy, path: &str) -> String {
     let res = p
         .request(
             "GET",
-            "/.lacquer/fleet",
+            path,
             &[("authorization", &format!("Bearer {CI}"))],
             "",
         )
         .await;
     assert_eq!(res.status, 200, "{}", res.text());
-    serde_json::from_str(&res.text()).expect("fleet JSON")
+    res.text()
+}
+
+async fn fleet_status(p: &Proxy) -> serde_json::Value {
+    serde_json::from_str(&admin_text(p, "/.lacquer/fleet").await).expect("fleet JSON")
 }
 
 async fn purge(p: &Proxy, secret: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
@@ -468,15 +473,7 @@ async fn purges_trimmed_before_a_node_read_them_make_it_revalidate_everything() 
     let seen_before = origin.hits();
     b.running.proxy.hold_fleet(false);
     applied(&b, &last).await;
-    let metrics = b
-        .request(
-            "GET",
-            "/.lacquer/metrics",
-            &[("authorization", &format!("Bearer {CI}"))],
-            "",
-        )
-        .await
-        .text();
+    let metrics = admin_text(&b, "/.lacquer/metrics").await;
     assert!(
         metrics.contains("lacquer_fleet_gap_flushes_total 1"),
         "{metrics}"
@@ -539,15 +536,7 @@ async fn a_partition_longer_than_max_lag_revalidates_each_entry_once_then_recove
     );
     assert!(conditionals.iter().all(|c| c.is_some()), "{conditionals:?}");
     // The partition shows in the fleet status.
-    let metrics = a
-        .request(
-            "GET",
-            "/.lacquer/metrics",
-            &[("authorization", &format!("Bearer {CI}"))],
-            "",
-        )
-        .await
-        .text();
+    let metrics = admin_text(&a, "/.lacquer/metrics").await;
     assert!(
         metrics.contains("lacquer_fleet_partitioned_seconds_total"),
         "{metrics}"
@@ -576,30 +565,18 @@ async fn a_confirmed_purge_survives_a_redis_restart() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["fleet"]["complete"], true, "{answer}");
     let id = answer["fleet"]["id"].as_str().expect("id").to_string();
+    let mut reads = a.running.proxy.fleet_reads().expect("fleet");
     redis.kill().await;
+    let before = *reads.borrow_and_update();
     redis.spawn().await;
-    // A node that joins after the restart, from the start of the stream's
-    // history, finds the confirmed purge there.
-    let status = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let res = a
-                .request(
-                    "GET",
-                    "/.lacquer/fleet",
-                    &[("authorization", &format!("Bearer {CI}"))],
-                    "",
-                )
-                .await;
-            let v: serde_json::Value = serde_json::from_str(&res.text()).unwrap_or_default();
-            if v["bus"] == "reachable" {
-                return v;
-            }
-            // The node's connection comes back on its own; ask again shortly.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("reachable again");
+    // The node reads the stream again on its own once Redis is back; then its
+    // status shows the stream as Redis restored it from its log.
+    tokio::time::timeout(Duration::from_secs(30), reads.wait_for(|n| *n > before))
+        .await
+        .expect("reading again within 30 s")
+        .expect("fleet alive");
+    let status = fleet_status(&a).await;
+    assert_eq!(status["bus"], "reachable", "{status}");
     assert_eq!(status["last_id"], id.as_str(), "{status}");
     assert_eq!(status["length"], 1, "{status}");
     // And the fleet goes on confirming purges.

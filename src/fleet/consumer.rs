@@ -102,6 +102,7 @@ pub(super) async fn consume(fleet: Weak<Fleet>, mut reader: ConnectionManager) {
                 return Ok(());
             }
             f.last_read.store(elapsed_ms(f.started), Ordering::Relaxed);
+            f.reads.send_modify(|n| *n += 1);
             let read = entries.len();
             for (id, admitted) in entries {
                 match admitted {

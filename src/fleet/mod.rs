@@ -88,6 +88,8 @@ pub struct Fleet {
     held: watch::Sender<bool>,
     /// Set once this node's record is in Redis (other nodes can see it).
     recorded: watch::Sender<bool>,
+    /// Successful reads of the stream so far (an idle read counts too).
+    reads: watch::Sender<u64>,
     request_ids: AtomicU64,
     window: Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -140,6 +142,7 @@ impl Fleet {
             partition: watch::Sender::new(false),
             held: watch::Sender::new(false),
             recorded: watch::Sender::new(false),
+            reads: watch::Sender::new(0),
             request_ids: AtomicU64::new(1),
             window,
             tasks: Mutex::default(),
@@ -202,6 +205,11 @@ impl Fleet {
     /// Watches whether this node's record has reached Redis.
     pub fn recorded_watch(&self) -> watch::Receiver<bool> {
         self.recorded.subscribe()
+    }
+
+    /// Watches the count of successful reads of the stream.
+    pub fn reads_watch(&self) -> watch::Receiver<u64> {
+        self.reads.subscribe()
     }
 
     /// Holds the consumer back (true) or lets it go on (false): a fault for the

@@ -183,16 +183,17 @@ pub async fn info(
     conn: &mut ConnectionManager,
     keys: &Keys,
 ) -> redis::RedisResult<Option<StreamInfo>> {
-    let exists: bool = conn.exists(&keys.stream).await?;
-    if !exists {
-        return Ok(None);
-    }
-    let reply: Value = redis::cmd("XINFO")
+    // One round trip: a missing stream is XINFO's "no such key" error.
+    match redis::cmd("XINFO")
         .arg("STREAM")
         .arg(&keys.stream)
-        .query_async(conn)
-        .await?;
-    Ok(Some(parse_info(reply)))
+        .query_async::<Value>(conn)
+        .await
+    {
+        Ok(reply) => Ok(Some(parse_info(reply))),
+        Err(e) if e.to_string().contains("no such key") => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn parse_info(reply: Value) -> StreamInfo {

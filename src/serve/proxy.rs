@@ -471,6 +471,11 @@ impl Proxy {
         self.fleet().map(|f| f.recorded_watch())
     }
 
+    /// In a fleet: the count of successful reads of the bus, to watch.
+    pub fn fleet_reads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.fleet().map(|f| f.reads_watch())
+    }
+
     /// In a fleet: holds this node's bus consumer back, or lets it go on. A fault
     /// for rehearsals and tests; nothing in normal operation calls it.
     pub fn hold_fleet(&self, held: bool) {

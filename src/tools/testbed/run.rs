@@ -199,6 +199,51 @@ async fn start_node(
     Ok(running)
 }
 
+/// What starting a node of a scenario needs.
+struct Launch<'a> {
+    topology: &'a Topology,
+    scenario: &'a Scenario,
+    env: &'a Env,
+    stream: &'a str,
+    origin: SocketAddr,
+    epoch: Instant,
+    positions: &'a Positions,
+}
+
+impl Launch<'_> {
+    /// Starts node `i` (again), watches its position and records when.
+    async fn start(
+        &self,
+        nodes: &mut [Node],
+        i: usize,
+        monitors: &mut Vec<JoinHandle<()>>,
+        started: &mut BTreeMap<String, Vec<u64>>,
+    ) -> std::io::Result<()> {
+        let running = start_node(
+            self.topology,
+            self.scenario,
+            self.env,
+            self.stream,
+            self.origin,
+            nodes,
+            i,
+        )
+        .await?;
+        monitors.extend(monitor(
+            &running,
+            &nodes[i].name,
+            self.epoch,
+            self.positions,
+        ));
+        nodes[i].running = Some(running);
+        started
+            .entry(nodes[i].name.clone())
+            .or_default()
+            .push(ms(self.epoch));
+        Ok(())
+    }
+}
+
 fn free_addr() -> std::io::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     l.local_addr()
@@ -375,15 +420,19 @@ pub(super) async fn scenario(
         .collect();
     let positions: Positions = Arc::default();
     let mut monitors = Vec::new();
+    let launch = Launch {
+        topology,
+        scenario,
+        env,
+        stream: &stream,
+        origin: origin.addr,
+        epoch,
+        positions: &positions,
+    };
     for &i in &order {
-        let running = start_node(topology, scenario, env, &stream, origin.addr, &nodes, i).await?;
-        monitors.extend(monitor(&running, &nodes[i].name, epoch, &positions));
-        nodes[i].running = Some(running);
-        timeline
-            .started_ms
-            .entry(nodes[i].name.clone())
-            .or_default()
-            .push(ms(epoch));
+        launch
+            .start(&mut nodes, i, &mut monitors, &mut timeline.started_ms)
+            .await?;
     }
     let edges: Vec<usize> = (0..nodes.len())
         .filter(|i| topology.nodes[*i].tier == "edge")
@@ -515,16 +564,9 @@ pub(super) async fn scenario(
             Action::Start => {
                 if let Some(i) = node_idx {
                     if nodes[i].running.is_none() {
-                        let running =
-                            start_node(topology, scenario, env, &stream, origin.addr, &nodes, i)
-                                .await?;
-                        monitors.extend(monitor(&running, &nodes[i].name, epoch, &positions));
-                        nodes[i].running = Some(running);
-                        timeline
-                            .started_ms
-                            .entry(nodes[i].name.clone())
-                            .or_default()
-                            .push(ms(epoch));
+                        launch
+                            .start(&mut nodes, i, &mut monitors, &mut timeline.started_ms)
+                            .await?;
                     }
                 }
                 timeline.events.push(Event {
